@@ -1,0 +1,102 @@
+"""Opening one image file as RGB, the same way in every stage, predict included."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+class BadImageError(ValueError):
+    """The file is not a decodable image; the message says why in a few words."""
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a file whose suffix is one of :data:`IMAGE_SUFFIXES` (case-insensitive)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Converts any Pillow mode to 8-bit RGB, honouring EXIF rotation and transparency.
+
+    CMYK, grayscale (L, LA, 1), palette (P, with or without transparency), RGBA, 16-bit and
+    32-bit integer (I;16, I) and float (F) images are all accepted. Transparent pixels become white.
+    """
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F":
+            top = max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a file held before :func:`to_rgb`: Pillow mode, EXIF orientation (1 = none) and final size."""
+
+    mode: str
+    orientation: int
+    width: int
+    height: int
+
+
+@contextlib.contextmanager
+def _bad_image_reasons() -> Iterator[None]:
+    """Turns Pillow's many decode failures into one :class:`BadImageError` with a short reason."""
+    try:
+        yield
+    except BadImageError:
+        raise
+    except UnidentifiedImageError:
+        raise BadImageError("not an image Pillow can identify") from None
+    except Image.DecompressionBombError:  # Pillow's guard against decompression bombs (>179 Mpx)
+        raise BadImageError("too many pixels (possible decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadImageError(f"undecodable ({text})") from None
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Opens, fully decodes and converts one image.
+
+    Raises:
+        BadImageError: zero bytes, not an image, truncated or otherwise undecodable.
+    """
+    path = Path(path)
+    with _bad_image_reasons():
+        if path.stat().st_size == 0:
+            raise BadImageError("zero bytes")
+        with Image.open(path) as img:
+            img.load()  # decode now: truncation surfaces here, not in a loader worker
+            return to_rgb(img)
+
+
+def decode_rgb(data: bytes) -> tuple[Image.Image, ImageInfo]:
+    """Decodes image file bytes exactly as :func:`load_rgb` does, and says what they held.
+
+    Raises:
+        BadImageError: as :func:`load_rgb`.
+    """
+    with _bad_image_reasons():
+        if not data:
+            raise BadImageError("zero bytes")
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            mode, orientation = img.mode, img.getexif().get(0x0112, 1)
+            rgb = to_rgb(img)
+    orientation = orientation if isinstance(orientation, int) else 1
+    return rgb, ImageInfo(mode=mode, orientation=orientation, width=rgb.width, height=rgb.height)

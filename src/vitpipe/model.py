@@ -1,0 +1,194 @@
+"""The classifier: a timm backbone (its own head removed) and the recipe's MLP head."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from vitpipe.errors import VitpipeError
+from vitpipe.params import ModelParams
+
+logger = logging.getLogger(__name__)
+
+
+class Classifier(nn.Module):
+    """``head(backbone(x))``; ``backbone(x)`` is the pooled feature vector the feature cache stores."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))  # (B, C, H, W) -> (B, D) -> (B, n_classes)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """True when no backbone parameter takes gradients."""
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def train(self, mode: bool = True) -> Classifier:
+        """Like :meth:`nn.Module.train`, but a frozen backbone stays in eval mode (dropout, norms)."""
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the backbone needs from the data side, and where its weights came from."""
+
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    data_config: dict[str, Any]
+    weights_source: str
+
+
+def build_head(in_features: int, num_classes: int, *, hidden: int, dropout: float) -> nn.Module:
+    """The recipe's head ``Linear(D, hidden) -> ReLU -> Dropout -> Linear(hidden, n)``; ``hidden=0``: one Linear."""
+    if hidden == 0:
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+    return nn.Sequential(
+        nn.Linear(in_features, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def _create_backbone(params: ModelParams) -> nn.Module:
+    kwargs: dict[str, Any] = {"num_classes": 0}
+    if params.img_size is not None:
+        kwargs["img_size"] = params.img_size
+    try:
+        return timm.create_model(params.name, pretrained=params.pretrained, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc) or "unknown model" in str(exc).lower():
+            raise VitpipeError(f"model.name: {params.name!r} is not a timm model. List them with "
+                               f"`python -c \"import timm; print(timm.list_models('*vit*'))\"`.") from None
+        if params.pretrained:
+            raise _offline_error(params.name, exc) from None
+        raise
+    except TypeError as exc:
+        raise VitpipeError(f"model: {params.name} does not accept these settings ({exc}); "
+                           f"unset model.img_size.") from None
+    except (OSError, ValueError, ImportError) as exc:
+        if params.pretrained:
+            raise _offline_error(params.name, exc) from None
+        raise
+
+
+def _offline_error(name: str, exc: BaseException) -> VitpipeError:
+    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return VitpipeError(
+        f"No pretrained weights could be downloaded for {name} (offline? {reason}). "
+        f"Set model.pretrained: false, or model.weights: path/to/file.safetensors."
+    )
+
+
+def build_model(params: ModelParams, num_classes: int, *, seed: int) -> tuple[Classifier, ModelInfo]:
+    """Creates the backbone (random, pretrained or from ``params.weights``) and a fresh head.
+
+    Args:
+        params: the ``model`` section.
+        num_classes: number of classes of the head.
+        seed: seeds the random initialisation, so the same seed gives the same weights.
+    """
+    torch.manual_seed(seed)
+    if params.pretrained and params.weights:
+        raise VitpipeError("model.pretrained and model.weights are both set; choose one "
+                           "(model.pretrained: false to load model.weights).")
+    backbone = _create_backbone(params)
+    source = f"timm:{params.name}" if params.pretrained else "random-init"
+    if params.weights:
+        load_backbone_weights(backbone, Path(params.weights))
+        source = f"file:{Path(params.weights).name}"
+    head = build_head(backbone.num_features, num_classes, hidden=params.head_hidden, dropout=params.dropout)
+    cfg = timm.data.resolve_model_data_config(backbone)
+    size = params.img_size or int(cfg["input_size"][-1])
+    info = ModelInfo(input_size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                     data_config={**cfg, "input_size": (3, size, size)}, weights_source=source)
+    return Classifier(backbone, head), info
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Reads tensors from ``.safetensors`` or, safely, from ``.pth``/``.pt`` (``weights_only=True``)."""
+    if not path.is_file():
+        raise VitpipeError(f"model.weights: {path} does not exist; give a .safetensors or .pth file.")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise VitpipeError(f"model.weights: {path} is not a readable safetensors file ({exc}).") from None
+    if path.suffix not in (".pth", ".pt", ".bin"):
+        raise VitpipeError(f"model.weights: {path} must end in .safetensors, .pth or .pt.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise VitpipeError(f"model.weights: {path} refused: not a plain tensor checkpoint ({first}). "
+                           f"Only weights load (weights_only=True); convert it to .safetensors.") from None
+    for key in ("model_ema", "state_dict_ema", "model", "state_dict"):  # DeiT / timm train.py layouts
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise VitpipeError(f"model.weights: {path} holds no state dict of tensors.")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
+    """Loads a timm/DeiT checkpoint, or a vitpipe model file, into ``backbone``; drops any classifier.
+
+    A checkpoint whose classifier has another number of classes loads fine: the classifier is not
+    part of the backbone. Any other missing or unexpected key is a :class:`VitpipeError`.
+    """
+    state = read_state_dict(path)
+    if any(k.startswith("backbone.") for k in state):  # a vitpipe model.safetensors
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    classifiers = backbone.pretrained_cfg.get("classifier") or "head"
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(c + "." for c in classifiers))}
+    filter_fn = getattr(sys.modules[type(backbone).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:  # timm's own remapping, e.g. resizing pos_embed to model.img_size
+        try:
+            state = filter_fn(state, backbone)
+        except Exception as exc:  # noqa: BLE001 - filter fns raise KeyError/RuntimeError on foreign files
+            raise VitpipeError(f"model.weights: {path} does not fit {type(backbone).__name__} ({exc}).") from None
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(c + "." for c in classifiers))}
+    try:
+        result = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        line = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
+        raise VitpipeError(f"model.weights: {path} does not match model.name ({line}).") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise VitpipeError(
+            f"model.weights: {path} does not match model.name: {len(result.missing_keys)} missing keys "
+            f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected "
+            f"(e.g. {result.unexpected_keys[:3]}). Check that model.name is the architecture it was saved from."
+        )
+    logger.info("loaded backbone weights from %s (%d tensors)", path, len(state))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def set_backbone_trainable(model: Classifier, trainable: bool) -> None:
+    """Freezes (eval mode, no grads) or unfreezes the backbone; the head always trains."""
+    model.backbone.requires_grad_(trainable)
+    model.train(model.training)

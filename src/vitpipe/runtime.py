@@ -1,0 +1,89 @@
+"""Where and how the work runs: device, precision, seeding and determinism."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from vitpipe.errors import VitpipeError
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` picks CUDA when there is a GPU; asking for CUDA without one is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VitpipeError(f"train.device: {spec} but no CUDA device is visible; set train.device: auto or cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise VitpipeError(f"train.device: {spec} but only {torch.cuda.device_count()} CUDA device(s); "
+                               f"pick a lower index or auto.")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu`` or the GPU's marketing name, for metrics/train.json."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU or CUDA when ``precision`` is ``bf16``, else a no-op."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers, e.g. (train.seed, epoch).
+
+    Each epoch's randomness then depends on nothing but its number, so a resumed run replays
+    exactly what the killed run would have done.
+    """
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed Python and NumPy from the worker's torch seed."""
+    del worker_id
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def configure(device: torch.device) -> None:
+    """Deterministic algorithms on CPU; fast kernels (TF32, cuDNN autotune) on CUDA."""
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+@contextlib.contextmanager
+def forked_rng(seed: int) -> Iterator[None]:
+    """Runs the block with torch's CPU RNG and Python's ``random`` (timm's transforms use both)
+    seeded to ``seed``, and restores their outer state after."""
+    state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            yield
+    finally:
+        random.setstate(state)

@@ -1,0 +1,21 @@
+"""DVC stage `download`: data.source -> data/raw/{train,valid,test}/<class>/ (see vitpipe.sources)."""
+
+import argparse
+from pathlib import Path
+
+from vitpipe.logs import run_stage
+from vitpipe.params import load_params
+from vitpipe.sources import fetch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("dest", type=Path, help="output directory, replaced atomically")
+    args = parser.parse_args(argv)
+    data = load_params().data
+    fetch(data.source, args.dest, data)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))

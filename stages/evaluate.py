@@ -1,0 +1,26 @@
+"""DVC stage `evaluate`: score every test image -> test.json, per_class.csv, predictions.csv."""
+
+import argparse
+from pathlib import Path
+
+from vitpipe.dataset import DatasetIndex
+from vitpipe.evaluation import EvalOutputs, run_evaluation
+from vitpipe.logs import run_stage
+from vitpipe.params import load_params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--index", type=Path, required=True, help="dataset index from split-check")
+    parser.add_argument("--model", type=Path, required=True, help="model from the train stage")
+    parser.add_argument("--metrics", type=Path, required=True, help="test metrics JSON to write")
+    parser.add_argument("--per-class", type=Path, required=True, help="per-class CSV to write")
+    parser.add_argument("--predictions", type=Path, required=True, help="per-image CSV to write")
+    args = parser.parse_args(argv)
+    outputs = EvalOutputs(metrics=args.metrics, per_class=args.per_class, predictions=args.predictions)
+    run_evaluation(load_params(), DatasetIndex.load(args.index), args.model, outputs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_stage(main))

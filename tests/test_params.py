@@ -1,0 +1,109 @@
+"""The params loader: defaults are the recipe; every bad key or value is one line naming the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vitpipe.errors import VitpipeError
+from vitpipe.params import Params, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_committed_params_are_the_tutorial_recipe_with_offline_choices():
+    params = load_params(REPO / "params.yaml")
+    m, t = params.model, params.train
+    assert (m.name, m.head_hidden, m.dropout) == ("deit_tiny_patch16_224", 512, 0.3)
+    assert (t.optimizer, t.lr, t.scheduler, t.step_size, t.gamma) == ("adam", 1e-3, "step", 3, 0.97)
+    assert (t.epochs, t.batch_size, t.val_batch_size, t.label_smoothing) == (10, 128, 32, 0.1)
+    assert (t.freeze, t.augment) == ("backbone", "seed")
+    assert params.data.source == "synthetic" and m.pretrained is False
+    assert params.evaluate.batch_size == 32
+
+
+def test_committed_params_equal_the_dataclass_defaults():
+    """params.yaml lists every key, with the same values as the code's defaults."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert parse_params(raw) == Params()
+    assert set(raw) == {"data", "model", "train", "evaluate"}
+
+
+def test_scientific_notation_from_dvc_exp_run_is_a_float():
+    # PyYAML reads 5e-4 (no dot) as a string; `dvc exp run -S train.lr=5e-4` writes exactly that.
+    params = parse_params(yaml.safe_load("train:\n  lr: 5e-4\n"))
+    assert params.train.lr == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("train:\n  lr: -0.001\n", "train.lr"),
+        ("train:\n  lr: fast\n", "train.lr"),
+        ("train:\n  epochs: 0\n", "train.epochs"),
+        ("train:\n  epochs: 2.5\n", "train.epochs"),
+        ("train:\n  batch_size: true\n", "train.batch_size"),
+        ("train:\n  optimizer: sgd\n", "train.optimizer"),
+        ("train:\n  scheduler: linear\n", "train.scheduler"),
+        ("train:\n  freeze: head\n", "train.freeze"),
+        ("train:\n  gamma: 0\n", "train.gamma"),
+        ("train:\n  label_smoothing: 1.0\n", "train.label_smoothing"),
+        ("train:\n  device: tpu\n", "train.device"),
+        ("train:\n  warmup_epochs: 10\n", "train.warmup_epochs"),
+        ("train:\n  unfreeze_epoch: 3\n  freeze: none\n", "train.unfreeze_epoch"),
+        ("train:\n  unfreeze_epoch: 10\n", "train.unfreeze_epoch"),
+        ("train:\n  layer_decay: 0.75\n", "train.layer_decay"),
+        ("train:\n  backbone_lr_scale: 0\n", "train.backbone_lr_scale"),
+        ("train:\n  ema_decay: 1.0\n", "train.ema_decay"),
+        ("train:\n  mixup: -1\n", "train.mixup"),
+        ("train:\n  cache_views: -1\n", "train.cache_views"),
+        ("train:\n  precision: fp16\n", "train.precision"),
+        ("train:\n  compile: yes please\n", "train.compile"),
+        ("train:\n  lrr: 0.1\n", "train.lrr"),
+        ("model:\n  dropout: 1.5\n", "model.dropout"),
+        ("model:\n  head_hidden: -1\n", "model.head_hidden"),
+        ("model:\n  pretrained: 1\n", "model.pretrained"),
+        ("model:\n  name: ''\n", "model.name"),
+        ("data:\n  bad_images: ignore\n", "data.bad_images"),
+        ("data:\n  sha256: abc\n", "data.sha256"),
+        ("data:\n  val_fraction: 0.6\n  test_fraction: 0.5\n", "data.val_fraction"),
+        ("data:\n  synthetic:\n    classes: 1\n", "data.synthetic.classes"),
+        ("data:\n  synthetic: 3\n", "data.synthetic"),
+        ("evaluate:\n  tta: maybe\n", "evaluate.tta"),
+        ("evalute:\n  tta: true\n", "evalute"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_key(text, key):
+    with pytest.raises(VitpipeError) as err:
+        parse_params(yaml.safe_load(text))
+    message = str(err.value)
+    assert key in message
+    assert "\n" not in message
+
+
+def test_unknown_key_lists_the_known_ones():
+    with pytest.raises(VitpipeError, match=r"unknown key train\.lrr.*\blr\b"):
+        parse_params({"train": {"lrr": 0.1}})
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(VitpipeError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(VitpipeError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_params_are_frozen():
+    params = Params()
+    with pytest.raises(AttributeError):
+        params.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_training_hash_ignores_speed_settings_only():
+    base = Params()
+    same = parse_params({"train": {"num_workers": 0, "compile": True}})
+    other = parse_params({"train": {"lr": 5e-4}})
+    assert base.training_hash() == same.training_hash()
+    assert base.training_hash() != other.training_hash()
