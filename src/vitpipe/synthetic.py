@@ -258,7 +258,10 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
 def render(rng: np.random.Generator, species: Species, size: int) -> Image.Image:
     """One RGB ``size`` x ``size`` image of ``species`` in a random pose on a random background."""
     img = _background(rng, size)
-    span = int(size * rng.uniform(0.6, 1.0))  # butterfly canvas side in the output
+    # Butterfly canvas side in the output: a close-up, as in field photos, where the wings fill
+    # much of the frame (wings may be cropped). Smaller butterflies leave the class to a few
+    # pixels that a randomly initialised backbone hardly sees.
+    span = int(size * rng.uniform(1.1, 1.6))
     fly = _butterfly(rng, species, 2 * span if span <= 320 else span)  # 2x, downsampled below: anti-aliased
     opening = rng.uniform(0.55, 1.0)  # wings partly closed: a horizontal squash
     fly = fly.resize((max(2, int(span * opening)), span), Image.Resampling.BILINEAR, reducing_gap=2.0)
