@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
+# Git revision `make report` compares with (CI: make report BASE=origin/main).
+BASE   ?= main
 # Stage commands in dvc.yaml call `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 
@@ -27,7 +29,7 @@ bench: install
 	$(BIN)/vitpipe bench
 
 report: install
-	$(BIN)/vitpipe report --base main --out report.md
+	$(BIN)/vitpipe report --base $(BASE) --out report.md
 
 clean-venv:
 	rm -rf $(VENV)

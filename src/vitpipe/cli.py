@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from vitpipe.logs import run_guarded, setup_logging
 from vitpipe.params import PARAMS_FILE, DataParams, Params, load_params
+
+logger = logging.getLogger(__name__)
 
 
 def _params_or_defaults(path: Path) -> Params:
@@ -36,6 +41,67 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if result.accepted else 1
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from vitpipe.predict import ImageError, predict_paths
+
+    params = _params_or_defaults(args.params)
+    tta = params.evaluate.tta if args.tta is None else args.tta
+    results = predict_paths(args.paths, args.model, top_k=args.top_k, batch_size=args.batch_size,
+                            device=args.device, tta=tta)
+    if args.json:
+        done = list(results)
+        doc = {"model": str(args.model),
+               "results": [r.to_dict() for r in done if not isinstance(r, ImageError)],
+               "errors": [r.to_dict() for r in done if isinstance(r, ImageError)]}
+        print(json.dumps(doc, indent=2, ensure_ascii=False))  # noqa: T201 - the command's output
+        n_failed = len(doc["errors"])
+    else:
+        n_failed = 0
+        for r in results:
+            failed = isinstance(r, ImageError)
+            n_failed += failed
+            print(r.format(), file=sys.stderr if failed else sys.stdout, flush=True)  # noqa: T201
+    if n_failed:
+        logger.warning("%d file(s) could not be predicted", n_failed)
+    return 1 if n_failed else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from vitpipe.report import write_report
+
+    write_report(args.base, args.out, top=args.top)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from vitpipe.bench import bench_params, format_table, resolve_data, run_bench
+
+    params = bench_params(_params_or_defaults(args.params), epochs=args.epochs, model=args.model,
+                          img_size=args.img_size)
+    with tempfile.TemporaryDirectory(prefix="vitpipe-bench-data-") as scratch:
+        root, name = resolve_data(args.data, params.data, Path(scratch))
+        result = run_bench(params, root, out=args.out, data_name=name, skip_loop=args.skip_loop,
+                           loop_workers=args.loop_workers)
+    print(format_table(result))  # noqa: T201 - the table is this command's output
+    return 0
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="vitpipe", description=__doc__)
@@ -55,6 +121,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bad-images", choices=["refuse", "skip"], help="data.bad_images")
     p.add_argument("--strict", action="store_true", help="refuse duplicate images (data.strict)")
     p.set_defaults(func=_cmd_check_data)
+
+    p = sub.add_parser("predict", help="class probabilities for image files and directories (evaluate's transform)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files, or directories searched recursively")
+    p.add_argument("--model", type=Path, default=Path("models/model.safetensors"), help="model file from the train stage")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="classes shown per image (default: 5)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with a horizontal flip (default: evaluate.tta from params)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of one line per image")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("report", help="markdown report of metrics, params and plots against a git revision")
+    p.add_argument("--base", default="main", help="git revision to compare with (default: main)")
+    p.add_argument("--out", type=Path, default=Path("report.md"), help="markdown file; plots go to its stem/ folder")
+    p.add_argument("--top", type=_positive_int, default=5, help="rows in the class and confusion tables (default: 5)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("bench", help="time the tutorial's loop against vitpipe's train stage; append to BENCHMARKS.md")
+    p.add_argument("--data", type=Path, help="dataset root with train/, valid/, test/ (default: "
+                   "../shared/data/butterflies-10 beside the repo, else a synthetic set)")
+    p.add_argument("--epochs", type=_positive_int, help="train.epochs (default: params.yaml's)")
+    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="markdown file to append to")
+    p.add_argument("--model", help="model.name, a timm model (default: params.yaml's)")
+    p.add_argument("--img-size", type=_positive_int, help="model.img_size (default: params.yaml's)")
+    p.add_argument("--skip-loop", action="store_true", help="run vitpipe's side only")
+    p.add_argument("--loop-workers", type=_non_negative_int, default=4,
+                   help="DataLoader workers of the tutorial loop (default: the tutorial's 4)")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import sys
+import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from huggingface_hub import constants as hf_constants
 from torch import nn
 
 from vitpipe.errors import VitpipeError
@@ -65,12 +71,44 @@ def build_head(in_features: int, num_classes: int, *, hidden: int, dropout: floa
     )
 
 
+def _hub_unreachable(timeout_s: float = 5.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached, or None if it can (or a proxy decides).
+
+    huggingface_hub retries a failed request for about 45 s before giving up; one quick
+    connection attempt lets an offline run fail at once (and use a locally cached copy).
+    """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+        return None
+    except OSError as exc:
+        return f"{host}: {exc.strerror or exc}"
+
+
+@contextlib.contextmanager
+def _hub_offline_if_unreachable(pretrained: bool) -> Iterator[None]:
+    """Switches huggingface_hub to offline mode (local cache only) while the Hub is unreachable."""
+    reason = _hub_unreachable() if pretrained and not hf_constants.HF_HUB_OFFLINE else None
+    if reason is None:
+        yield
+        return
+    logger.warning("cannot reach the Hugging Face Hub (%s); looking for cached weights only", reason)
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = False
+
+
 def _create_backbone(params: ModelParams) -> nn.Module:
     kwargs: dict[str, Any] = {"num_classes": 0}
     if params.img_size is not None:
         kwargs["img_size"] = params.img_size
     try:
-        return timm.create_model(params.name, pretrained=params.pretrained, **kwargs)
+        with _hub_offline_if_unreachable(params.pretrained):
+            return timm.create_model(params.name, pretrained=params.pretrained, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or "unknown model" in str(exc).lower():
             raise VitpipeError(f"model.name: {params.name!r} is not a timm model. List them with "
@@ -88,7 +126,7 @@ def _create_backbone(params: ModelParams) -> nn.Module:
 
 
 def _offline_error(name: str, exc: BaseException) -> VitpipeError:
-    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    reason = type(exc).__name__  # the Hub's messages run to several sentences
     return VitpipeError(
         f"No pretrained weights could be downloaded for {name} (offline? {reason}). "
         f"Set model.pretrained: false, or model.weights: path/to/file.safetensors."

@@ -1,0 +1,92 @@
+"""PNG plots for ``vitpipe report``: confusion matrix, training curves, per-class accuracy.
+
+Drawn on bare :class:`matplotlib.figure.Figure` objects (the Agg canvas), so nothing touches
+pyplot's global state or needs a display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+_DPI = 110
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=_DPI, metadata={"Software": None})  # no version stamp: same data, same bytes
+    return path
+
+
+def confusion_matrix(predictions: pd.DataFrame, classes: Sequence[str], path: Path) -> Path:
+    """Heatmap of test image counts, actual class (rows) by predicted class (columns).
+
+    Args:
+        predictions: ``metrics/predictions.csv`` (columns ``actual`` and ``predicted``).
+        classes: row and column order; classes seen only in ``predictions`` are appended.
+        path: PNG file to write.
+    """
+    seen = set(predictions["actual"]) | set(predictions["predicted"])
+    names = list(classes) + sorted(seen - set(classes))
+    pos = {name: i for i, name in enumerate(names)}
+    counts = np.zeros((len(names), len(names)), dtype=np.int64)  # (actual, predicted)
+    np.add.at(counts, (predictions["actual"].map(pos).to_numpy(), predictions["predicted"].map(pos).to_numpy()), 1)
+    n = len(names)
+    side = min(4.0 + 0.45 * n, 24.0)
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(counts, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="test images")
+    font = 8 if n <= 20 else 5
+    ax.set_xticks(range(n), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(f"Confusion matrix ({len(predictions)} test images)")
+    if n <= 25:
+        top = counts.max() or 1
+        for (i, j), value in np.ndenumerate(counts):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=font,
+                        color="white" if value > top / 2 else "black")
+    return _save(fig, path)
+
+
+def training_curves(history: pd.DataFrame, path: Path) -> Path:
+    """Loss and accuracy per epoch, train and validation, from ``metrics/train_history.csv``."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for k, metric in enumerate(("loss", "accuracy")):
+        ax = fig.add_subplot(1, 2, k + 1)
+        for split, style in (("train", "-"), ("val", "--")):
+            column = f"{split}_{metric}"
+            if column in history:
+                ax.plot(history["epoch"], history[column], style, marker="o", markersize=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def per_class_accuracy(per_class: pd.DataFrame, path: Path, *, base: pd.DataFrame | None = None) -> Path:
+    """Horizontal bars of test accuracy per class, best at the top; ``base`` accuracies as black ticks."""
+    rows = per_class.sort_values(["accuracy", "class"], ascending=[True, False])
+    n = len(rows)
+    fig = Figure(figsize=(8, min(2.0 + 0.3 * n, 40.0)), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(n)
+    ax.barh(y, rows["accuracy"], color="#4c72b0", label="workspace")
+    if base is not None:
+        base_acc = rows["class"].map(dict(zip(base["class"], base["accuracy"])))
+        known = base_acc.notna().to_numpy()
+        ax.scatter(base_acc[known], y[known], marker="|", s=200, color="black", zorder=3, label="base")
+        ax.legend(loc="lower right")
+    ax.set_yticks(y, rows["class"], fontsize=8 if n <= 40 else 5)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("test accuracy (recall)")
+    ax.set_title("Per-class test accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)

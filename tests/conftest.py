@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny generated dataset, tiny-model params and an isolated feature cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from vitpipe.datacheck import check_dataset
+from vitpipe.dataset import DatasetIndex
+from vitpipe.params import DataParams, ModelParams, Params, SyntheticParams, TrainParams
+from vitpipe.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+BUTTERFLIES = REPO.parent / "shared" / "data" / "butterflies-10"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_feature_cache(tmp_path, monkeypatch):
+    """No test reads or pollutes the user's feature cache."""
+    monkeypatch.setenv("VITPIPE_CACHE_DIR", str(tmp_path / "feature-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """3 synthetic classes, 10/4/4 images each, 48 px."""
+    root = tmp_path_factory.mktemp("tiny-data")
+    generate(root, SyntheticParams(classes=3, train_per_class=10, valid_per_class=4, test_per_class=4,
+                                   image_size=48), seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_data) -> DatasetIndex:
+    result = check_dataset(tiny_data, DataParams())
+    assert result.accepted, result.errors
+    return result.index
+
+
+@pytest.fixture(scope="session")
+def butterflies() -> Path:
+    if not BUTTERFLIES.is_dir():
+        pytest.skip("../shared/data/butterflies-10 is not here")
+    return BUTTERFLIES
+
+
+def tiny_params(**train: object) -> Params:
+    """timm's ``test_vit`` at 32 px with a small head: a training run takes about a second."""
+    base = TrainParams(epochs=2, batch_size=8, val_batch_size=8, num_workers=0)
+    model = ModelParams(name="test_vit", img_size=32, head_hidden=16)
+    return Params(model=model, train=dataclasses.replace(base, **train))
