@@ -17,15 +17,11 @@ from vitpipe.params import ModelParams
 from vitpipe.predict import ImageError, ImagePrediction, collect_images, predict_paths
 from vitpipe.transforms import build_eval_transform, eval_spec
 
-BUTTERFLIES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "butterflies-10"
-
 
 @pytest.fixture(scope="module")
-def test_split() -> Path:
-    split = BUTTERFLIES / "test"
-    if not split.is_dir():
-        pytest.skip(f"{BUTTERFLIES} is absent")
-    return split
+def test_split(butterflies: Path) -> Path:
+    """The real photos' test split (``butterflies`` from conftest.py skips when they are absent)."""
+    return butterflies / "test"
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,8 @@ def _write_metrics(repo: Path, correct: dict[str, int], confusions: dict[str, st
     pd.DataFrame(rows).to_csv(metrics / "per_class.csv", index=False)
     pd.DataFrame(preds).to_csv(metrics / "predictions.csv", index=False)
     total = sum(correct.values())
-    (metrics / "test.json").write_text(json.dumps({"accuracy": total / 12, "correct": total}))
+    per_class = {r["class"]: {"accuracy": r["accuracy"], "correct": r["correct"]} for r in rows}
+    (metrics / "test.json").write_text(json.dumps({"accuracy": total / 12, "correct": total, "per_class": per_class}))
     pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [2.0, 1.5, 1.2], "train_accuracy": [0.3, 0.5, 0.6],
                   "val_loss": [2.1, 1.7, 1.6], "val_accuracy": [0.3, 0.4, 0.5]}).to_csv(
         metrics / "train_history.csv", index=False)
@@ -76,6 +77,11 @@ def test_the_report_holds_dvcs_metric_and_param_diff_tables(report):
     assert re.search(r"\| metrics/test.json\s*\| accuracy\s*\| 0\.58333\s*\| 0\.66667\s*\| 0\.08333", text)
     assert re.search(r"\| params.yaml\s*\| train.lr\s*\| 0\.001\s*\| 0\.01\s*\|", text)
     assert "Test accuracy: **0.6667 (8/12)**, `HEAD`: 0.5833 (7/12)" in text
+    headline, details = text.split("<details>")
+    assert "per_class." not in headline.split("## Metrics")[1]  # per-class rows are folded away
+    assert "Per-class accuracy that changed (2 classes)" in details
+    assert re.search(r"\| per_class.MONARCH.accuracy\s*\| 0\.5\s*\| 1\.0", details)
+    assert "2 other per-class metric(s) changed" in details  # MONARCH and PAPER KITE .correct
 
 
 def test_the_report_lists_the_changed_classes_worst_classes_and_confusions(report):

@@ -151,25 +151,33 @@ def _overall(per_class: pd.DataFrame) -> str:
     return f"{correct / total:.4f} ({correct}/{total})"
 
 
-def _split_metrics_table(table: str) -> tuple[str, str]:
-    """(headline rows, per-class rows) of ``dvc metrics diff --md``, each a full table or ''."""
+def _split_metrics_table(table: str) -> tuple[str, list[str], int]:
+    """``dvc metrics diff --md`` -> (table without per-class rows or '', its header and per-class
+    accuracy rows, number of other per-class rows dropped).
+
+    Per-class rows are six per class: all of them could overflow a PR comment (65,536 characters).
+    """
     lines = table.splitlines()
     if len(lines) < 3:
-        return table, ""
+        return table, [], 0
     head, rows = lines[:2], lines[2:]
     per_class = [r for r in rows if re.search(r"\|\s*per_class\.", r)]
     other = [r for r in rows if r not in per_class]
-    return ("\n".join(head + other) if other else ""), ("\n".join(head + per_class) if per_class else "")
+    accuracy = [r for r in per_class if re.search(r"\.accuracy\s*\|", r)]
+    return ("\n".join(head + other) if other else ""), (head + accuracy if accuracy else []), \
+        len(per_class) - len(accuracy)
 
 
 def _metrics_section(metrics_md: str) -> list[str]:
-    headline, per_class = _split_metrics_table(metrics_md)
+    headline, accuracy, n_dropped = _split_metrics_table(metrics_md)
     out = ["## Metrics (`dvc metrics diff`)", ""]
     out += [headline or "No overall metric changed.", ""]
-    if per_class:
-        n = len(per_class.splitlines()) - 2
-        out += ["<details><summary>Per-class metrics that changed "
-                f"({n} rows)</summary>", "", per_class, "", "</details>", ""]
+    if accuracy:
+        out += [f"<details><summary>Per-class accuracy that changed ({len(accuracy) - 2} classes)</summary>", "",
+                *accuracy, "", "</details>", ""]
+    if n_dropped:
+        out += [f"{n_dropped} other per-class metric(s) changed (precision, recall, f1, correct): "
+                f"`dvc metrics diff` lists them.", ""]
     return out
 
 
@@ -180,8 +188,8 @@ def _class_sections(current: pd.DataFrame, base: pd.DataFrame | None, prediction
         out += [f"`{base_name}` has no per-class metrics to compare with.", ""]
     else:
         changed = accuracy_changes(current, base, top)
-        rows = [[r["class"], r["accuracy_base"], r["accuracy_now"], "—" if pd.isna(r["change"]) else f"{r['change']:+.3f}"]
-                for _, r in changed.iterrows()]
+        rows = [[r["class"], r["accuracy_base"], r["accuracy_now"],
+                 "—" if pd.isna(r["change"]) else f"{r['change']:+.3f}"] for _, r in changed.iterrows()]
         out += [md_table(["class", base_name, "workspace", "change"], rows) if rows
                 else "No class's test accuracy changed.", ""]
     worst = current.sort_values(["accuracy", "f1", "class"], kind="stable").head(top)
@@ -236,8 +244,8 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
     current = read_workspace_csv(root, files.per_class, "per_class")
     predictions = read_workspace_csv(root, files.predictions, "predictions")
     history = read_workspace_csv(root, files.history, "history", required=False)
-    base_per_class = read_revision_csv(root, base, files.per_class, "per_class")
-    base_predictions = read_revision_csv(root, base, files.predictions, "predictions")
+    base_per_class = read_revision_csv(root, base_sha, files.per_class, "per_class")
+    base_predictions = read_revision_csv(root, base_sha, files.predictions, "predictions")
     metrics_md, params_md = dvc_markdown(root, "metrics", base), dvc_markdown(root, "params", base)
 
     out = Path(out)

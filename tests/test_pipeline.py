@@ -1,0 +1,111 @@
+"""End to end: all four stages through `dvc repro` in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+METRIC_FILES = ("data.json", "train_history.csv", "test.json", "per_class.csv", "predictions.csv")
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture()
+def repo_copy(tmp_path) -> tuple[Path, dict[str, str]]:
+    """The project's files (tracked and new, not ignored) in a fresh git repo, without any outputs."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    work = tmp_path / "repo"
+    for name in filter(None, files):
+        if (REPO / name).is_file() and not name.startswith(("metrics/", "dvc.lock")):
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, work / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "VITPIPE_CACHE_DIR": str(tmp_path / "feature-cache"), "DVC_NO_ANALYTICS": "1"}
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "ci"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        _run(cmd, work, env)
+    return work, env
+
+
+def _read_metrics(work: Path) -> dict[str, bytes]:
+    return {name: (work / "metrics" / name).read_bytes() for name in METRIC_FILES}
+
+
+def _stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_default_pipeline_runs_offline_reproducibly_and_reruns_only_what_changed(repo_copy, tmp_path):
+    work, env = repo_copy
+    out = _run(["dvc", "repro"], work, env)
+    assert _stages_run(out) == ["download", "split-check", "train", "evaluate"]
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    synthetic = params["data"]["synthetic"]
+    n_test = synthetic["classes"] * synthetic["test_per_class"]
+    data = json.loads((work / "metrics" / "data.json").read_text())
+    assert data["accepted"] and data["n_classes"] == synthetic["classes"]
+    assert data["splits"]["train"]["images"] == synthetic["classes"] * synthetic["train_per_class"]
+    test = json.loads((work / "metrics" / "test.json").read_text())
+    assert test["n_images"] == n_test and 0 <= test["accuracy"] <= 1
+    assert sum(c["support"] for c in test["per_class"].values()) == n_test
+    assert sum(c["correct"] for c in test["per_class"].values()) == test["correct"]
+    train = json.loads((work / "metrics" / "train.json").read_text())
+    assert train["pretrained"] is False and train["model"] == "deit_tiny_patch16_224"
+    with (work / "metrics" / "predictions.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == n_test
+    assert (work / "models" / "model.safetensors").is_file()
+
+    again = _run(["dvc", "repro"], work, env)
+    assert _stages_run(again) == [] and "up to date" in again
+
+    first = _read_metrics(work)
+    env_cold = {**env, "VITPIPE_CACHE_DIR": str(tmp_path / "another-cache")}  # features computed anew
+    _run(["dvc", "repro", "--force"], work, env_cold)
+    assert _read_metrics(work) == first
+
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "baseline metrics"], work, env)
+    exp = _run(["dvc", "exp", "run", "-S", "train.lr=5e-4"], work, env)
+    assert _stages_run(exp) == ["train", "evaluate"]
+    params_diff = _run(["dvc", "params", "diff"], work, env)
+    assert "train.lr" in params_diff and "0.0005" in params_diff
+    metrics_diff = _run(["dvc", "metrics", "diff", "--all"], work, env)
+    assert "metrics/test.json" in metrics_diff and "accuracy" in metrics_diff
+
+
+def test_pipeline_on_real_butterflies_as_a_local_source(repo_copy, butterflies):
+    work, env = repo_copy
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"]["source"] = str(butterflies)
+    params["model"].update(name="test_vit", img_size=64, head_hidden=64)
+    params["train"].update(epochs=3, num_workers=0)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["dvc", "repro"], work, env)
+
+    data = json.loads((work / "metrics" / "data.json").read_text())
+    assert {s: data["splits"][s]["images"] for s in ("train", "valid", "test")} == {
+        "train": 1201, "valid": 50, "test": 50}
+    assert data["n_classes"] == 10 and "MONARCH" in data["classes"]
+    test = json.loads((work / "metrics" / "test.json").read_text())
+    assert test["n_images"] == 50 and sum(c["support"] for c in test["per_class"].values()) == 50
+    assert set(test["per_class"]) == set(data["classes"])
+    history = list(csv.DictReader((work / "metrics" / "train_history.csv").open()))
+    assert len(history) == 3
