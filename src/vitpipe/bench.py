@@ -60,7 +60,7 @@ pass's seconds. **speedup**: the loop's train s / this row's. **test acc**: over
 (correct/images); **best val**: the best epoch's. **peak RSS MiB**: this process's peak resident memory
 while training (VmHWM reset before each side; the second side starts from what the first left).
 **peak anon MiB**: peak anonymous memory (heap, tensors) of the process and its DataLoader workers,
-pages shared by fork counted once (sum of Pss_Anon, sampled every 100 ms). Rows are appended, newest last.
+pages shared by fork counted once (sum of Pss_Anon, sampled every second). Rows are appended, newest last.
 """
 
 
