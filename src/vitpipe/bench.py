@@ -188,6 +188,9 @@ def _run_vitpipe(params: Params, index: DatasetIndex, work: Path) -> MethodResul
         train = run_training(params, index, outputs, cache=cache, started=start)
         seconds = time.perf_counter() - start
     backbone_images, backbone_seconds = cache.images, cache.seconds
+    if not backbone_images:  # train.cache_views: 0, the image engine: every image, every epoch, as the loop
+        backbone_images = params.train.epochs * (train["train_images"] + train["val_images"])
+        backbone_seconds = seconds
     test = run_evaluation(params, index, outputs.model, cache=cache,
                           outputs=EvalOutputs(metrics=work / "test.json", per_class=work / "per_class.csv",
                                               predictions=work / "predictions.csv"))
@@ -233,11 +236,10 @@ def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = 
         loop_workers: DataLoader workers of the tutorial loop (the tutorial's 4).
     """
     index = _index(Path(root), params.data)
-    if not skip_loop:
-        _warn_if_not_the_recipe(params)
     counts = "/".join(str(len(index.samples(split))) for split in ("train", "valid", "test"))
     results = []
     if not skip_loop:
+        _warn_if_not_the_recipe(params)
         results.append(_run_loop(params, Path(root), workers=loop_workers))
         release_free_memory()
     with tempfile.TemporaryDirectory(prefix="vitpipe-bench-") as work:
