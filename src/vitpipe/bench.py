@@ -178,8 +178,8 @@ def _run_loop(params: Params, root: Path, *, workers: int) -> MethodResult:
                         test_images=test_images, peak_rss_mib=mem.rss_mib, peak_anon_mib=mem.anon_mib)
 
 
-def _run_vitpipe(params: Params, index: DatasetIndex, work: Path) -> MethodResult:
-    logger.info("bench: %s, %d epochs, empty feature cache in %s", VITPIPE, params.train.epochs, work)
+def _run_vitpipe(params: Params, index: DatasetIndex, work: Path, *, label: str = VITPIPE) -> MethodResult:
+    logger.info("bench: %s, %d epochs, empty feature cache in %s", label, params.train.epochs, work)
     cache = _TimedCache(work / "features")
     outputs = TrainOutputs(model=work / "model.safetensors", checkpoint=work / "checkpoints" / "last.pt",
                            metrics=work / "train.json", history=work / "train_history.csv")
@@ -194,7 +194,7 @@ def _run_vitpipe(params: Params, index: DatasetIndex, work: Path) -> MethodResul
     test = run_evaluation(params, index, outputs.model, cache=cache,
                           outputs=EvalOutputs(metrics=work / "test.json", per_class=work / "per_class.csv",
                                               predictions=work / "predictions.csv"))
-    return MethodResult(method=VITPIPE, epochs=params.train.epochs, seconds=seconds,
+    return MethodResult(method=label, epochs=params.train.epochs, seconds=seconds,
                         train_images=train["train_images"], backbone_images=backbone_images,
                         backbone_seconds=backbone_seconds,
                         val_correct=round(train["best_val_accuracy"] * train["val_images"]),
@@ -224,7 +224,8 @@ def _index(root: Path, data: DataParams) -> DatasetIndex:
 
 
 def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = None,
-              skip_loop: bool = False, loop_workers: int = TUTORIAL_WORKERS) -> BenchResult:
+              skip_loop: bool = False, loop_workers: int = TUTORIAL_WORKERS,
+              views: Sequence[int] = ()) -> BenchResult:
     """Runs both sides on ``root`` and appends their rows to the markdown file ``out``.
 
     Args:
@@ -234,6 +235,7 @@ def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = 
         data_name: how the data is named in the table (default: the folder's name).
         skip_loop: run vitpipe's side only (no speedup then).
         loop_workers: DataLoader workers of the tutorial loop (the tutorial's 4).
+        views: run vitpipe once per ``train.cache_views`` value given (default: params.yaml's only).
     """
     index = _index(Path(root), params.data)
     counts = "/".join(str(len(index.samples(split))) for split in ("train", "valid", "test"))
@@ -242,8 +244,12 @@ def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = 
         _warn_if_not_the_recipe(params)
         results.append(_run_loop(params, Path(root), workers=loop_workers))
         release_free_memory()
-    with tempfile.TemporaryDirectory(prefix="vitpipe-bench-") as work:
-        results.append(_run_vitpipe(params, index, Path(work)))
+    for n_views in views or (params.train.cache_views,):
+        variant = dataclasses.replace(params, train=dataclasses.replace(params.train, cache_views=n_views))
+        label = VITPIPE if not views else f"{VITPIPE} (cache_views={n_views})"
+        with tempfile.TemporaryDirectory(prefix="vitpipe-bench-") as work:
+            results.append(_run_vitpipe(variant, index, Path(work), label=label))
+        release_free_memory()
     bench = BenchResult(date=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M"),
                         device=describe_device(resolve_device(params.train.device)),
                         data=f"{data_name or Path(root).resolve().name} ({counts})", results=tuple(results))

@@ -90,9 +90,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="vitpipe-bench-data-") as scratch:
         root, name = resolve_data(args.data, params.data, Path(scratch))
         result = run_bench(params, root, out=args.out, data_name=name, skip_loop=args.skip_loop,
-                           loop_workers=args.loop_workers)
+                           loop_workers=args.loop_workers, views=args.views)
     print(format_table(result))  # noqa: T201 - the table is this command's output
     return 0
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(_non_negative_int(part) for part in text.split(",") if part.strip())
 
 
 def _non_negative_int(text: str) -> int:
@@ -149,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-loop", action="store_true", help="run vitpipe's side only")
     p.add_argument("--loop-workers", type=_non_negative_int, default=4,
                    help="DataLoader workers of the tutorial loop (default: the tutorial's 4)")
+    p.add_argument("--views", type=_int_list, default=(),
+                   help="comma-separated train.cache_views values, one vitpipe run each (default: params.yaml's)")
     p.set_defaults(func=_cmd_bench)
     return parser
 

@@ -54,6 +54,15 @@ def sampler(dataset: Dataset, *, shuffle: bool, seed: int) -> DistributedSampler
     return DistributedSampler(dataset, shuffle=shuffle, seed=seed % 2**31)
 
 
+def shard(order: torch.Tensor) -> torch.Tensor:
+    """This rank's share of an epoch's sample order (every world_size-th index, as DistributedSampler)."""
+    if not dist.is_initialized():
+        return order
+    world = dist.get_world_size()
+    padded = torch.cat([order, order[: (-len(order)) % world]])  # equal shares, as DistributedSampler pads
+    return padded[dist.get_rank()::world]
+
+
 def barrier() -> None:
     """Waits for every rank (e.g. until rank 0 has written a checkpoint)."""
     if dist.is_initialized():

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from vitpipe import distributed
+from vitpipe.batches import BatchSource
 from vitpipe.model import Classifier, set_backbone_trainable
 from vitpipe.params import TrainParams
-from vitpipe.runtime import autocast, derive_seed, seed_worker
+from vitpipe.runtime import autocast, derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -102,30 +102,22 @@ class FeatureEngine:
 class ImageEngine:
     """Trains on images: the tutorial's loop with a frozen backbone, or a (partial) fine-tune."""
 
-    def __init__(self, model: Classifier, *, train_set: Dataset, val_set: Dataset, params: TrainParams,
-                 device: torch.device, loss_fn: nn.Module, val_loss_fn: nn.Module, mixup=None):
+    def __init__(self, model: Classifier, *, batches: BatchSource, params: TrainParams, device: torch.device,
+                 loss_fn: nn.Module, val_loss_fn: nn.Module, mixup=None):
         self.module = model.to(device)
-        self.params, self.device, self.mixup = params, device, mixup
+        self.params, self.device, self.mixup, self.batches = params, device, mixup, batches
         self.loss_fn, self.val_loss_fn = loss_fn, val_loss_fn
-        self.train_set, self.val_set = train_set, val_set
-        self.forward_module = distributed.wrap(self.module, device)
-        if params.channels_last and device.type == "cuda":
+        self.channels_last = params.channels_last and device.type == "cuda"
+        if self.channels_last:
             self.module.to(memory_format=torch.channels_last)
-        if params.compile:
-            self.forward_module = torch.compile(self.forward_module)
+        self.forward_module = self._wrapped()
 
-    def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-        gen = torch.Generator().manual_seed(seed)
-        sampler = distributed.sampler(dataset, shuffle=shuffle, seed=seed) if shuffle else None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                          num_workers=self.params.num_workers, worker_init_fn=seed_worker, generator=gen,
-                          pin_memory=self.device.type == "cuda", drop_last=self.mixup is not None and shuffle,
-                          persistent_workers=False)
+    def _wrapped(self) -> nn.Module:
+        module = distributed.wrap(self.module, self.device)
+        return torch.compile(module) if self.params.compile else module
 
-    def _to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmt = torch.channels_last if self.params.channels_last and self.device.type == "cuda" else torch.contiguous_format
-        return (images.to(self.device, non_blocking=True, memory_format=fmt),
-                labels.to(self.device, non_blocking=True))
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> tuple[float, float]:
         unfreeze = self.params.unfreeze_epoch
@@ -133,17 +125,14 @@ class ImageEngine:
             if self.module.backbone_frozen:
                 logger.info("epoch %d: unfreezing the backbone", epoch)
                 set_backbone_trainable(self.module, True)
-                self.forward_module = distributed.wrap(self.module, self.device)
-        seed = derive_seed(self.params.seed, epoch, 1)
-        loader = self._loader(self.train_set, batch_size=self.params.batch_size, shuffle=True, seed=seed)
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        torch.manual_seed(derive_seed(self.params.seed, epoch, 2))  # dropout, mixup
+                self.forward_module = self._wrapped()  # DDP registers the parameters that train now
+        torch.manual_seed(derive_seed(self.params.seed, epoch, 2))  # dropout, mixup, device augmentation
+        batches = self.batches.train(epoch, derive_seed(self.params.seed, epoch, 1),
+                                     batch_size=self.params.batch_size, drop_last=self.mixup is not None)
         self.module.train()
         totals = Totals()
-        for images, labels in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None):
-            images, labels = self._to_device(images, labels)
-            targets = labels
+        for images, labels in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None):
+            images, targets = self._layout(images), labels
             if self.mixup is not None:
                 images, targets = self.mixup(images, labels)
             with autocast(self.device, self.params.precision):
@@ -156,11 +145,9 @@ class ImageEngine:
     @torch.inference_mode()
     def evaluate(self, module: nn.Module) -> tuple[float, float]:
         module.eval()
-        loader = self._loader(self.val_set, batch_size=self.params.val_batch_size, shuffle=False, seed=0)
         totals = Totals()
-        for images, labels in loader:
-            images, labels = self._to_device(images, labels)
+        for images, labels in self.batches.valid(batch_size=self.params.val_batch_size):
             with autocast(self.device, self.params.precision):
-                logits = module(images).float()
+                logits = module(self._layout(images)).float()
             totals.add(self.val_loss_fn(logits, labels), logits, labels)
         return totals.result()

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from vitpipe.dataset import DatasetIndex, ImageDataset
 from vitpipe.errors import VitpipeError
-from vitpipe.features import Extractor, FeatureCache, weights_digest
+from vitpipe.features import Extractor, FeatureCache, extraction_batch_size, weights_digest
 from vitpipe.fileio import write_csv, write_json
 from vitpipe.inference import Predictor
 from vitpipe.model_file import load_model
@@ -47,7 +47,7 @@ def _probabilities(params: Params, index: DatasetIndex, predictor: Predictor, ca
     if card.feature_dtype and not predictor.tta:
         backbone = predictor.model.backbone
         extractor = Extractor(backbone, weights_digest(backbone), device, card.precision,
-                              batch_size=max(params.evaluate.batch_size, 64), num_workers=params.train.num_workers)
+                              batch_size=extraction_batch_size(device), num_workers=params.train.num_workers)
         feats = cache.features(extractor, index.root, samples, transform=eval_tf, transform_id=repr(eval_tf),
                                view_seed=None, desc="test view 0")
         with torch.inference_mode():

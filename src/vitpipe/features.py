@@ -36,6 +36,12 @@ logger = logging.getLogger(__name__)
 STORAGE_DTYPE = torch.bfloat16  # features are stored (and fed to the head) rounded to bf16
 
 
+def extraction_batch_size(device: torch.device) -> int:
+    """Images per backbone pass: small batches stay in a CPU's caches (measured: 32 beats 64-128
+    by 10-20% for DeiT-tiny on 2 cores); a GPU wants large ones."""
+    return 256 if device.type == "cuda" else 32
+
+
 def default_cache_dir() -> Path:
     """``$VITPIPE_CACHE_DIR``, else ``$XDG_CACHE_HOME/vitpipe/features`` (``~/.cache/...``).
 

@@ -107,7 +107,8 @@ class TrainParams:
     precision: Literal["bf16", "fp32"] = "bf16"
     channels_last: bool = True
     compile: bool = False
-    cache_views: int = field(default=2, metadata=_rule(ge=0, le=64))
+    cache_views: int = field(default=1, metadata=_rule(ge=0, le=64))
+    image_source: Literal["auto", "loader", "decoded"] = "auto"
     num_workers: int = field(default=2, metadata=_rule(ge=0))
 
     def __post_init__(self) -> None:
@@ -118,6 +119,9 @@ class TrainParams:
                 _fail("train.unfreeze_epoch", "needs train.freeze: backbone", self.unfreeze_epoch)
             if self.unfreeze_epoch >= self.epochs:
                 _fail("train.unfreeze_epoch", f"must be < train.epochs ({self.epochs})", self.unfreeze_epoch)
+        if self.image_source == "decoded" and self.augment != "seed":
+            _fail("train.image_source", "decoded needs train.augment: seed (timm's crops need full images)",
+                  self.image_source)
         if self.layer_decay is not None and self.freeze == "backbone" and self.unfreeze_epoch is None:
             _fail("train.layer_decay", "needs a trained backbone (train.freeze: none or train.unfreeze_epoch)",
                   self.layer_decay)
@@ -154,7 +158,7 @@ class Params:
 
 
 # Train settings that change speed or where work runs, never the result on a given device.
-_NOT_SHAPING = {"num_workers", "compile", "channels_last", "device"}
+_NOT_SHAPING = {"num_workers", "compile", "channels_last", "device", "image_source"}
 
 
 def _fail(key: str, what: str, value: Any) -> typing.NoReturn:

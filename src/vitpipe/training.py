@@ -12,11 +12,13 @@ import timm
 import torch
 
 from vitpipe import distributed
+from vitpipe.batches import BatchSource, DecodedBatches, LoaderBatches
 from vitpipe.checkpoint import Progress, load_checkpoint, restore, save_checkpoint
 from vitpipe.dataset import DatasetIndex, ImageDataset
+from vitpipe.decoded import DecodedImages, DeviceAugment
 from vitpipe.engines import FeatureEngine, ImageEngine
 from vitpipe.errors import VitpipeError
-from vitpipe.features import Extractor, FeatureCache, view_seed, weights_digest
+from vitpipe.features import Extractor, FeatureCache, extraction_batch_size, view_seed, weights_digest
 from vitpipe.fileio import write_csv, write_json
 from vitpipe.model import Classifier, build_model, count_parameters, set_backbone_trainable
 from vitpipe.model_file import card_for, save_model
@@ -48,7 +50,7 @@ def _feature_engine(model: Classifier, index: DatasetIndex, params: Params, *, d
                     cache: FeatureCache, train_tf: Any, eval_tf: Any, losses: tuple) -> FeatureEngine:
     t = params.train
     extractor = Extractor(model.backbone.to(device), weights_digest(model.backbone), device, t.precision,
-                          batch_size=max(t.val_batch_size, 64), num_workers=t.num_workers,
+                          batch_size=extraction_batch_size(device), num_workers=t.num_workers,
                           channels_last=t.channels_last and device.type == "cuda")
     train_samples = index.samples("train")
     views = []
@@ -61,6 +63,22 @@ def _feature_engine(model: Classifier, index: DatasetIndex, params: Params, *, d
     return FeatureEngine(model.head, train_x=torch.stack(views), train_y=_labels(index, "train"),
                          val_x=val_x, val_y=_labels(index, "valid"), params=t, device=device,
                          loss_fn=losses[0], val_loss_fn=losses[1])
+
+
+def _image_batches(index: DatasetIndex, t, *, device: torch.device, spec, train_tf, eval_tf,
+                   cache: FeatureCache) -> BatchSource:
+    """Decoded uint8 images augmented on the device (CUDA by default), or a DataLoader over files."""
+    decoded = t.image_source == "decoded" or (t.image_source == "auto" and device.type == "cuda"
+                                              and t.augment == "seed")
+    if not decoded:
+        return LoaderBatches(ImageDataset(index.root, index.samples("train"), train_tf),
+                             ImageDataset(index.root, index.samples("valid"), eval_tf),
+                             device=device, num_workers=t.num_workers)
+    root = cache.root.parent / "decoded"
+    stores = [DecodedImages.build_or_open(root, index.root, index.samples(split), spec, num_workers=t.num_workers)
+              for split in ("train", "valid")]
+    return DecodedBatches(*stores, train_augment=DeviceAugment(spec, train=True, device=device),
+                          eval_augment=DeviceAugment(spec, train=False, device=device), device=device)
 
 
 def _check_splits(index: DatasetIndex) -> None:
@@ -96,9 +114,10 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
         engine = _feature_engine(model, index, params, device=device, cache=cache or FeatureCache(),
                                  train_tf=train_tf, eval_tf=eval_tf, losses=losses)
     else:
-        engine = ImageEngine(model, train_set=ImageDataset(index.root, index.samples("train"), train_tf),
-                             val_set=ImageDataset(index.root, index.samples("valid"), eval_tf), params=t,
-                             device=device, loss_fn=losses[0], val_loss_fn=losses[1], mixup=mixup)
+        batches = _image_batches(index, t, device=device, spec=spec, train_tf=train_tf, eval_tf=eval_tf,
+                                 cache=cache or FeatureCache())
+        engine = ImageEngine(model, batches=batches, params=t, device=device, loss_fn=losses[0],
+                             val_loss_fn=losses[1], mixup=mixup)
     optimizer = build_optimizer(model.head if frozen_all_run else model, t, fused=device.type == "cuda")
     set_backbone_trainable(model, t.freeze == "none")
     scheduler = build_scheduler(optimizer, t)

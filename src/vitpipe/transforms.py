@@ -14,7 +14,7 @@ from vitpipe.model import ModelInfo
 
 # The tutorial resized to 256 for a 224 crop: crop_pct 0.875.
 RECIPE_CROP_PCT = 0.875
-_INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,14 @@ def eval_spec(augment: str, info: ModelInfo) -> EvalSpec:
     crop_pct = float(info.data_config.get("crop_pct", RECIPE_CROP_PCT))
     interpolation = info.data_config.get("interpolation", "bicubic")
     return EvalSpec(resize=math.floor(size / crop_pct), crop=size,
-                    interpolation=interpolation if interpolation in _INTERPOLATION else "bicubic",
+                    interpolation=interpolation if interpolation in INTERPOLATION else "bicubic",
                     mean=info.mean, std=info.std)
 
 
 def build_eval_transform(spec: EvalSpec) -> Callable[[Any], torch.Tensor]:
     """PIL RGB image -> normalised (3, crop, crop) float tensor."""
     return T.Compose([
-        T.Resize(spec.resize, interpolation=_INTERPOLATION[spec.interpolation]),
+        T.Resize(spec.resize, interpolation=INTERPOLATION[spec.interpolation]),
         T.CenterCrop(spec.crop),
         T.ToTensor(),
         T.Normalize(spec.mean, spec.std),
@@ -73,7 +73,7 @@ def build_train_transform(augment: str, spec: EvalSpec, info: ModelInfo) -> Call
         T.RandomHorizontalFlip(),
         T.RandomVerticalFlip(),
         T.RandomApply([T.ColorJitter()], p=0.25),
-        T.Resize(spec.resize, interpolation=_INTERPOLATION[spec.interpolation]),
+        T.Resize(spec.resize, interpolation=INTERPOLATION[spec.interpolation]),
         T.CenterCrop(spec.crop),
         T.ToTensor(),
         T.Normalize(spec.mean, spec.std),
