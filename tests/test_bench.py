@@ -58,7 +58,8 @@ def test_bench_appends_both_methods(tiny_data: Path, tmp_path: Path) -> None:
     assert float(rows[1]["speedup"].rstrip("x")) > 0
     loop, vit = bench.results
     assert loop.backbone_images == 2 * (30 + 12)  # every train and valid image, every epoch
-    assert vit.backbone_images == 2 * 30 + 12  # cache_views (2) x train + valid, once
+    views = tiny_params().train.cache_views
+    assert vit.backbone_images == views * 30 + 12  # cache_views x train + valid, once
     assert bench.speedup(vit) == pytest.approx(loop.seconds / vit.seconds)
 
     append_rows(out, table_rows(bench))  # a second run joins the same table
