@@ -10,6 +10,8 @@ from typing import Any
 
 import timm
 import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vitpipe import distributed
 from vitpipe.batches import BatchSource, DecodedBatches, LoaderBatches
@@ -123,13 +125,16 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     scheduler = build_scheduler(optimizer, t)
     ema = build_ema(engine.module, t)
     progress = _resume_or_start(params, outputs, engine.module, optimizer, scheduler, ema)
-    for epoch in range(progress.next_epoch, t.epochs):
-        _run_epoch(epoch, engine, optimizer, scheduler, ema, progress)
-        if distributed.is_main():
-            save_checkpoint(outputs.checkpoint, params_hash=params.training_hash(), complete=epoch == t.epochs - 1,
-                            progress=progress, module=engine.module, optimizer=optimizer, scheduler=scheduler,
-                            ema=ema)
-        distributed.barrier()
+    epochs = tqdm(range(progress.next_epoch, t.epochs), desc="epochs", unit="epoch", initial=progress.next_epoch,
+                  total=t.epochs, disable=None if distributed.is_main() else True)
+    with logging_redirect_tqdm():  # the per-epoch log lines print above the bars
+        for epoch in epochs:
+            _run_epoch(epoch, engine, optimizer, scheduler, ema, progress)
+            if distributed.is_main():
+                save_checkpoint(outputs.checkpoint, params_hash=params.training_hash(),
+                                complete=epoch == t.epochs - 1, progress=progress, module=engine.module,
+                                optimizer=optimizer, scheduler=scheduler, ema=ema)
+            distributed.barrier()
     metrics = {}
     if distributed.is_main():
         metrics = _write_results(params, index, outputs, model, engine, info, spec, progress, device, started)
