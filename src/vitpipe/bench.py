@@ -225,7 +225,7 @@ def _index(root: Path, data: DataParams) -> DatasetIndex:
 
 def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = None,
               skip_loop: bool = False, loop_workers: int = TUTORIAL_WORKERS,
-              views: Sequence[int] = ()) -> BenchResult:
+              views: Sequence[int] = (), precisions: Sequence[str] = ()) -> BenchResult:
     """Runs both sides on ``root`` and appends their rows to the markdown file ``out``.
 
     Args:
@@ -236,6 +236,7 @@ def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = 
         skip_loop: run vitpipe's side only (no speedup then).
         loop_workers: DataLoader workers of the tutorial loop (the tutorial's 4).
         views: run vitpipe once per ``train.cache_views`` value given (default: params.yaml's only).
+        precisions: ... and per ``train.precision`` given (default: params.yaml's only).
     """
     index = _index(Path(root), params.data)
     counts = "/".join(str(len(index.samples(split))) for split in ("train", "valid", "test"))
@@ -244,9 +245,12 @@ def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = 
         _warn_if_not_the_recipe(params)
         results.append(_run_loop(params, Path(root), workers=loop_workers))
         release_free_memory()
-    for n_views in views or (params.train.cache_views,):
-        variant = dataclasses.replace(params, train=dataclasses.replace(params.train, cache_views=n_views))
-        label = VITPIPE if not views else f"{VITPIPE} (cache_views={n_views})"
+    variants = [(v, p) for v in views or (params.train.cache_views,)
+                for p in precisions or (params.train.precision,)]
+    for n_views, precision in variants:
+        variant = dataclasses.replace(params, train=dataclasses.replace(params.train, cache_views=n_views,
+                                                                        precision=precision))
+        label = VITPIPE if len(variants) == 1 else f"{VITPIPE} (cache_views={n_views}, {precision})"
         with tempfile.TemporaryDirectory(prefix="vitpipe-bench-") as work:
             results.append(_run_vitpipe(variant, index, Path(work), label=label))
         release_free_memory()

@@ -90,9 +90,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="vitpipe-bench-data-") as scratch:
         root, name = resolve_data(args.data, params.data, Path(scratch))
         result = run_bench(params, root, out=args.out, data_name=name, skip_loop=args.skip_loop,
-                           loop_workers=args.loop_workers, views=args.views)
+                           loop_workers=args.loop_workers, views=args.views, precisions=args.precisions)
     print(format_table(result))  # noqa: T201 - the table is this command's output
     return 0
+
+
+def _precision_list(text: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not values or any(v not in ("bf16", "fp32") for v in values):
+        raise argparse.ArgumentTypeError(f"must be bf16 and/or fp32, comma-separated, got {text!r}")
+    return values
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -155,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DataLoader workers of the tutorial loop (default: the tutorial's 4)")
     p.add_argument("--views", type=_int_list, default=(),
                    help="comma-separated train.cache_views values, one vitpipe run each (default: params.yaml's)")
+    p.add_argument("--precisions", type=_precision_list, default=(),
+                   help="comma-separated train.precision values (bf16,fp32), one vitpipe run each")
     p.set_defaults(func=_cmd_bench)
     return parser
 

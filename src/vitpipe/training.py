@@ -187,6 +187,7 @@ def _write_results(params: Params, index: DatasetIndex, outputs: TrainOutputs, m
         "val_images": len(index.samples("valid")),
         "engine": "feature-cache" if feature_dtype else "images",
         "cache_views": t.cache_views if feature_dtype else 0,
+        "precision": t.precision,
         "model": params.model.name,
         "weights": info.weights_source,
         "pretrained": params.model.pretrained,
