@@ -7,13 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_params
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.scheduler import StepLRScheduler
 from torch import nn
 from torchvision import transforms as T
 
-from conftest import tiny_params
-from vitpipe.bench import HEADER, LOOP, VITPIPE, append_rows, run_bench, table_header, table_rows
+from vitpipe.bench import (
+    HEADER,
+    LOOP,
+    VITPIPE,
+    append_rows,
+    run_bench,
+    table_header,
+    table_rows,
+)
 from vitpipe.cli import main
 from vitpipe.memory import PeakMemory
 from vitpipe.model import build_model

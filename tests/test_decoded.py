@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import tiny_params
+
 from vitpipe.dataset import ImageDataset
 from vitpipe.decoded import DecodedImages, DeviceAugment
 from vitpipe.model import build_model

@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import tiny_params
+
 from vitpipe.errors import VitpipeError
 from vitpipe.evaluation import EvalOutputs, run_evaluation, score
 from vitpipe.params import EvaluateParams

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from vitpipe.dataset import ImageDataset
-from vitpipe.features import STORAGE_DTYPE, Extractor, FeatureCache, view_seed, weights_digest
+from vitpipe.features import (
+    STORAGE_DTYPE,
+    Extractor,
+    FeatureCache,
+    view_seed,
+    weights_digest,
+)
 from vitpipe.model import build_model
 from vitpipe.params import ModelParams
 from vitpipe.runtime import autocast

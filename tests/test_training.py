@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import REPO, tiny_params
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.loss import LabelSmoothingCrossEntropy
 from torch import nn
 from torchvision import transforms as T
 
-from conftest import REPO, tiny_params
 from vitpipe.errors import VitpipeError
 from vitpipe.model import build_model
 from vitpipe.model_file import load_model

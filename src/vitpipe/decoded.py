@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vitpipe.dataset import Sample
 from vitpipe.fileio import atomic_path, write_json
 from vitpipe.images import load_rgb
-from vitpipe.transforms import EvalSpec, INTERPOLATION
+from vitpipe.transforms import INTERPOLATION, EvalSpec
 
 logger = logging.getLogger(__name__)
 

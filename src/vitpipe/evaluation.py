@@ -9,13 +9,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score, precision_recall_fscore_support, top_k_accuracy_score
+from sklearn.metrics import (
+    f1_score,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vitpipe.dataset import DatasetIndex, ImageDataset
 from vitpipe.errors import VitpipeError
-from vitpipe.features import Extractor, FeatureCache, extraction_batch_size, weights_digest
+from vitpipe.features import (
+    Extractor,
+    FeatureCache,
+    extraction_batch_size,
+    weights_digest,
+)
 from vitpipe.fileio import write_csv, write_json
 from vitpipe.inference import Predictor
 from vitpipe.model_file import load_model

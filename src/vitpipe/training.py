@@ -20,12 +20,30 @@ from vitpipe.dataset import DatasetIndex, ImageDataset
 from vitpipe.decoded import DecodedImages, DeviceAugment
 from vitpipe.engines import FeatureEngine, ImageEngine
 from vitpipe.errors import VitpipeError
-from vitpipe.features import Extractor, FeatureCache, extraction_batch_size, view_seed, weights_digest
+from vitpipe.features import (
+    Extractor,
+    FeatureCache,
+    extraction_batch_size,
+    view_seed,
+    weights_digest,
+)
 from vitpipe.fileio import write_csv, write_json
-from vitpipe.model import Classifier, build_model, count_parameters, set_backbone_trainable
+from vitpipe.model import (
+    Classifier,
+    build_model,
+    count_parameters,
+    set_backbone_trainable,
+)
 from vitpipe.model_file import card_for, save_model
 from vitpipe.params import Params
-from vitpipe.recipe import build_ema, build_loss, build_mixup, build_optimizer, build_scheduler, current_lr
+from vitpipe.recipe import (
+    build_ema,
+    build_loss,
+    build_mixup,
+    build_optimizer,
+    build_scheduler,
+    current_lr,
+)
 from vitpipe.runtime import configure, device_name, resolve_device, seed_everything
 from vitpipe.transforms import build_eval_transform, build_train_transform, eval_spec
 
