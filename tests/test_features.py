@@ -112,3 +112,16 @@ def test_unreadable_cache_entry_is_recomputed(tmp_path, tiny_index, backbone_and
         entry.write_bytes(b"torn write")
     second = _features(FeatureCache(tmp_path), extractor, tiny_index, eval_tf)
     assert len(extractor.calls) == 2 and torch.equal(first, second)
+
+
+def test_cache_command_reports_and_clears(tmp_path, monkeypatch, capsys, tiny_index, backbone_and_transforms):
+    from vitpipe.cli import main
+
+    cache_dir = tmp_path / "cache" / "features"
+    monkeypatch.setenv("VITPIPE_CACHE_DIR", str(cache_dir))
+    backbone, eval_tf, _ = backbone_and_transforms
+    _features(FeatureCache(), _extractor(backbone), tiny_index, eval_tf)
+    assert main(["cache"]) == 0
+    assert "1 files" in capsys.readouterr().out
+    assert main(["cache", "--clear"]) == 0
+    assert not cache_dir.exists()
