@@ -22,14 +22,10 @@ from vitpipe.errors import VitpipeError
 from vitpipe.features import (
     Extractor,
     FeatureCache,
-    extraction_batch_size,
-    weights_digest,
 )
 from vitpipe.fileio import write_csv, write_json
-from vitpipe.inference import Predictor
-from vitpipe.model_file import load_model
+from vitpipe.inference import Predictor, load_predictor
 from vitpipe.params import Params
-from vitpipe.runtime import configure, resolve_device
 from vitpipe.transforms import build_eval_transform
 
 logger = logging.getLogger(__name__)
@@ -55,10 +51,9 @@ def _probabilities(params: Params, index: DatasetIndex, predictor: Predictor, ca
     eval_tf = build_eval_transform(card.eval_transform)
     if card.feature_dtype and not predictor.tta:
         backbone = predictor.model.backbone
-        extractor = Extractor(backbone, weights_digest(backbone), device, card.precision,
-                              batch_size=extraction_batch_size(device), num_workers=params.train.num_workers)
-        feats = cache.features(extractor, index.root, samples, transform=eval_tf, transform_id=repr(eval_tf),
-                               view_seed=None, desc="test view 0")
+        extractor = Extractor.for_backbone(backbone, device, card.precision, num_workers=params.train.num_workers)
+        feats = cache.features(extractor, index.root, samples, transform=eval_tf, view_seed=None,
+                               desc="test view 0")
         with torch.inference_mode():
             return predictor.head_logits(feats.to(device)).softmax(-1).cpu()
     loader = DataLoader(ImageDataset(index.root, samples, eval_tf), batch_size=params.evaluate.batch_size,
@@ -96,16 +91,14 @@ def score(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> tu
 def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, outputs: EvalOutputs, *,
                    cache: FeatureCache | None = None) -> dict[str, Any]:
     """Scores every test image with the saved model; writes test.json, per_class.csv, predictions.csv."""
-    device = resolve_device(params.train.device)
-    configure(device)
-    model, card = load_model(model_path, device=device)
+    predictor = load_predictor(model_path, device=params.train.device, tta=params.evaluate.tta)
+    card = predictor.card
     if tuple(card.classes) != tuple(index.classes):
         raise VitpipeError(f"{model_path} was trained on classes {list(card.classes)[:5]}..., but the dataset "
                            f"index has {list(index.classes)[:5]}...; rerun the train stage (`dvc repro`).")
     samples = index.samples("test")
     if not samples:
         raise VitpipeError("the test split has no images; nothing to evaluate. Check data.source.")
-    predictor = Predictor(model, card, device, tta=params.evaluate.tta)
     probs = _probabilities(params, index, predictor, cache or FeatureCache()).float().numpy()
     if probs.shape[0] != len(samples):
         raise VitpipeError(f"scored {probs.shape[0]} test images but the index lists {len(samples)}.")

@@ -76,6 +76,13 @@ class Extractor:
     num_workers: int
     channels_last: bool = False
 
+    @classmethod
+    def for_backbone(cls, backbone: nn.Module, device: torch.device, precision: str, *, num_workers: int,
+                     channels_last: bool = False) -> Extractor:
+        """An extractor for ``backbone`` on ``device``, its weights hashed and its batch size chosen."""
+        return cls(backbone, weights_digest(backbone), device, precision,
+                   batch_size=extraction_batch_size(device), num_workers=num_workers, channels_last=channels_last)
+
     def __call__(self, root: Path, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor],
                  *, seed: int | None, desc: str) -> torch.Tensor:
         """Features of ``samples`` under ``transform``: (N, D) in :data:`STORAGE_DTYPE`, on the CPU."""
@@ -99,15 +106,18 @@ class FeatureCache:
         self.root = Path(root) if root is not None else default_cache_dir()
 
     def features(self, extractor: Extractor, root: Path, samples: Sequence[Sample], *,
-                 transform: Callable[[Any], torch.Tensor], transform_id: str, view_seed: int | None,
-                 desc: str) -> torch.Tensor:
-        """Cached features of ``samples`` (N, D); computed and stored on a miss."""
+                 transform: Callable[[Any], torch.Tensor], view_seed: int | None, desc: str) -> torch.Tensor:
+        """Cached features of ``samples`` (N, D); computed and stored on a miss.
+
+        The transform is identified by its ``repr``, which torchvision and timm transforms spell
+        out with every setting, so a changed transform is a new entry.
+        """
         key_parts = {
             "version": 1,
             "backbone": extractor.backbone_digest,
             "precision": extractor.precision,
             "device_type": extractor.device.type,
-            "transform": transform_id,
+            "transform": repr(transform),
             "view_seed": view_seed,
             "images": _samples_digest(samples),
         }

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
 
 from vitpipe.features import STORAGE_DTYPE
 from vitpipe.model import Classifier
-from vitpipe.model_file import ModelCard
-from vitpipe.runtime import autocast
+from vitpipe.model_file import ModelCard, load_model
+from vitpipe.runtime import autocast, configure, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+def load_predictor(model_path: Path, *, device: str, tta: bool) -> Predictor:
+    """The saved model on ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``), set up as evaluate and predict use it."""
+    resolved = resolve_device(device)
+    configure(resolved)
+    model, card = load_model(model_path, device=resolved)
+    logger.info("model %s: %s, %d classes, on %s", model_path, card.model.name, len(card.classes), resolved)
+    return Predictor(model, card, resolved, tta=tta)
 
 
 class Predictor:

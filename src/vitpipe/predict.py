@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 
+from vitpipe import inference
 from vitpipe.errors import VitpipeError
 from vitpipe.images import BadImageError, is_image_file, load_rgb
 from vitpipe.inference import Predictor
-from vitpipe.model_file import load_model
-from vitpipe.runtime import configure, resolve_device
 from vitpipe.transforms import build_eval_transform
 
 logger = logging.getLogger(__name__)
@@ -130,15 +129,11 @@ def _flush(predictor: Predictor, pending: list[tuple[str, torch.Tensor | str]], 
 
 
 def load_predictor(model_path: Path, *, device: str = "auto", tta: bool = False) -> Predictor:
-    """The saved model on ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``), wrapped as evaluate wraps it."""
+    """:func:`vitpipe.inference.load_predictor`, with a bad device named as the ``--device`` option."""
     try:
-        resolved = resolve_device(device)
+        return inference.load_predictor(model_path, device=device, tta=tta)
     except VitpipeError as exc:
         raise VitpipeError(str(exc).replace("train.device", "--device")) from None
-    configure(resolved)
-    model, card = load_model(model_path, device=resolved)
-    logger.info("model %s: %s, %d classes, on %s", model_path, card.model.name, len(card.classes), resolved)
-    return Predictor(model, card, resolved, tta=tta)
 
 
 def predict_paths(paths: Sequence[Path | str], model_path: Path, *, top_k: int = 5, batch_size: int = 32,

@@ -23,9 +23,7 @@ from vitpipe.errors import VitpipeError
 from vitpipe.features import (
     Extractor,
     FeatureCache,
-    extraction_batch_size,
     view_seed,
-    weights_digest,
 )
 from vitpipe.fileio import write_csv, write_json
 from vitpipe.model import (
@@ -69,17 +67,16 @@ def _labels(index: DatasetIndex, split: str) -> torch.Tensor:
 def _feature_engine(model: Classifier, index: DatasetIndex, params: Params, *, device: torch.device,
                     cache: FeatureCache, train_tf: Any, eval_tf: Any, losses: tuple) -> FeatureEngine:
     t = params.train
-    extractor = Extractor(model.backbone.to(device), weights_digest(model.backbone), device, t.precision,
-                          batch_size=extraction_batch_size(device), num_workers=t.num_workers,
-                          channels_last=t.channels_last and device.type == "cuda")
+    extractor = Extractor.for_backbone(model.backbone.to(device), device, t.precision, num_workers=t.num_workers,
+                                       channels_last=t.channels_last and device.type == "cuda")
     train_samples = index.samples("train")
     views = []
     for v in range(t.cache_views):
         tf = eval_tf if v == 0 else train_tf
-        views.append(cache.features(extractor, index.root, train_samples, transform=tf, transform_id=repr(tf),
+        views.append(cache.features(extractor, index.root, train_samples, transform=tf,
                                     view_seed=view_seed(t.seed, v), desc=f"train view {v}"))
     val_x = cache.features(extractor, index.root, index.samples("valid"), transform=eval_tf,
-                           transform_id=repr(eval_tf), view_seed=None, desc="valid view 0")
+                           view_seed=None, desc="valid view 0")
     return FeatureEngine(model.head, train_x=torch.stack(views), train_y=_labels(index, "train"),
                          val_x=val_x, val_y=_labels(index, "valid"), params=t, device=device,
                          loss_fn=losses[0], val_loss_fn=losses[1])
