@@ -1,11 +1,11 @@
-"""DVC stage `download`: data.source -> data/raw/{train,valid,test}/<class>/ (see vitpipe.sources)."""
+"""DVC stage `download`: data.source -> data/raw/{train,valid,test}/<class>/ (see vitpipe.download.sources)."""
 
 import argparse
 from pathlib import Path
 
+from vitpipe.download.sources import fetch
 from vitpipe.logs import run_stage
 from vitpipe.params import load_params
-from vitpipe.sources import fetch
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from vitpipe.dataset import DatasetIndex
-from vitpipe.evaluation import EvalOutputs, run_evaluation
+from vitpipe.data.index import DatasetIndex
+from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
 from vitpipe.logs import run_stage
 from vitpipe.params import load_params
 

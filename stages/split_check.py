@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from vitpipe.datacheck import run_split_check
+from vitpipe.check.datacheck import run_split_check
 from vitpipe.logs import run_stage
 from vitpipe.params import load_params
 

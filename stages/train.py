@@ -7,10 +7,10 @@ STARTED = time.perf_counter()  # train_seconds is the stage's whole wall time, i
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from vitpipe.dataset import DatasetIndex  # noqa: E402
+from vitpipe.data.index import DatasetIndex  # noqa: E402
 from vitpipe.logs import run_stage  # noqa: E402
 from vitpipe.params import load_params  # noqa: E402
-from vitpipe.training import TrainOutputs, run_training  # noqa: E402
+from vitpipe.train.training import TrainOutputs, run_training  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from vitpipe.datacheck import check_dataset
-from vitpipe.dataset import DatasetIndex
+from vitpipe.check.datacheck import check_dataset
+from vitpipe.data.index import DatasetIndex
+from vitpipe.download.synthetic import generate
 from vitpipe.params import DataParams, ModelParams, Params, SyntheticParams, TrainParams
-from vitpipe.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
 BUTTERFLIES = REPO.parent / "shared" / "data" / "butterflies-10"

@@ -22,7 +22,7 @@ def _params_or_defaults(path: Path) -> Params:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from vitpipe.sources import fetch
+    from vitpipe.download.sources import fetch
 
     data = _params_or_defaults(args.params).data
     overrides = {k: v for k, v in (("sha256", args.sha256),) if v is not None}
@@ -31,7 +31,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    from vitpipe.datacheck import check_dataset, format_report
+    from vitpipe.check.datacheck import check_dataset, format_report
 
     data: DataParams = _params_or_defaults(args.params).data
     overrides = {"bad_images": args.bad_images, "strict": args.strict or None}
@@ -42,7 +42,7 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from vitpipe.predict import ImageError, predict_paths
+    from vitpipe.evaluate.predict import ImageError, predict_paths
 
     params = _params_or_defaults(args.params)
     tta = params.evaluate.tta if args.tta is None else args.tta
@@ -67,7 +67,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from vitpipe.report import write_report
+    from vitpipe.report.report import write_report
 
     write_report(args.base, args.out, top=args.top)
     return 0
@@ -76,7 +76,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_cache(args: argparse.Namespace) -> int:
     import shutil
 
-    from vitpipe.features import default_cache_dir
+    from vitpipe.model.features import default_cache_dir
 
     root = default_cache_dir().parent  # features/ and decoded/
     files = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
@@ -99,7 +99,7 @@ def _positive_int(text: str) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
-    from vitpipe.bench import bench_params, format_table, resolve_data, run_bench
+    from vitpipe.bench.bench import bench_params, format_table, resolve_data, run_bench
 
     params = bench_params(_params_or_defaults(args.params), epochs=args.epochs, model=args.model,
                           img_size=args.img_size)

@@ -1,0 +1,306 @@
+"""``vitpipe bench``: the tutorial's loop against vitpipe's train stage, same data and recipe, one process.
+
+The loop runs first, before the train stage sets its process-wide flags (``runtime.configure``).
+Each side's wall time covers training only: building the model and loaders, every epoch with its
+validation pass, keeping the best weights (vitpipe: also its feature pass, from an EMPTY cache,
+and writing its model and metrics). Both best-val models then score every test image, untimed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitpipe.bench.memory import PeakMemory, release_free_memory
+from vitpipe.bench.tutorial import TUTORIAL_WORKERS, evaluate_tutorial, train_tutorial
+from vitpipe.check.datacheck import check_dataset, refusal_reasons
+from vitpipe.data.index import DatasetIndex, Sample
+from vitpipe.download.synthetic import generate
+from vitpipe.errors import VitpipeError
+from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
+from vitpipe.fileio import write_text
+from vitpipe.model.features import Extractor, FeatureCache
+from vitpipe.params import DataParams, Params, parse_params
+from vitpipe.runtime import resolve_device
+from vitpipe.train.training import TrainOutputs, run_training
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]  # src/vitpipe/bench/bench.py
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "butterflies-10"
+LOOP, VITPIPE = "tutorial loop", "vitpipe"
+COLUMNS = ("date", "device", "data (train/valid/test)", "method", "epochs", "train s", "recipe img/s",
+           "backbone img/s", "speedup", "test acc", "best val", "peak RSS MiB", "peak anon MiB")
+HEADER = f"""# Benchmarks
+
+`make bench` (`vitpipe bench`) trains the recipe in `params.yaml` (the tutorial's: frozen backbone,
+MLP head, label smoothing, Adam, StepLR) twice, in one process, on the same data, with the same seed:
+
+- **{LOOP}**: the tutorial's per-epoch loop, faithfully (`src/vitpipe/tutorial.py`): one ImageFolder
+  per split, batch 128/32, shuffle, 4 DataLoader workers, fp32, every train image through the frozen
+  backbone in every epoch;
+- **{VITPIPE}**: vitpipe's train stage (`run_training`) with an EMPTY feature cache, so its time
+  includes the one backbone pass per image and view (`train.cache_views`, `train.precision`).
+
+Columns: **train s**: wall seconds of training only (model and loaders built, every epoch with its
+validation pass, best weights kept; vitpipe also writes its model and metrics), not the test pass.
+**recipe img/s**: epochs x train images / train s. **backbone img/s**: images through the backbone per
+second: the loop, epochs x (train + valid) / train s; vitpipe, the images of its feature pass / that
+pass's seconds. **speedup**: the loop's train s / this row's. **test acc**: over EVERY test image, with
+(correct/images); **best val**: the best epoch's. **peak RSS MiB**: this process's peak resident memory
+while training (VmHWM reset before each side; the second side starts from what the first left).
+**peak anon MiB**: peak anonymous memory (heap, tensors) of the process and its DataLoader workers,
+pages shared by fork counted once (sum of Pss_Anon, sampled every second). Rows are appended, newest last.
+"""
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One side of the benchmark."""
+
+    method: str
+    epochs: int
+    seconds: float
+    train_images: int
+    backbone_images: int
+    backbone_seconds: float
+    val_correct: int
+    val_images: int
+    test_correct: int
+    test_images: int
+    peak_rss_mib: float
+    peak_anon_mib: float
+
+    @property
+    def recipe_rate(self) -> float:
+        """epochs x train images per second."""
+        return self.epochs * self.train_images / self.seconds
+
+    @property
+    def backbone_rate(self) -> float:
+        """Images through the frozen backbone per second."""
+        return self.backbone_images / self.backbone_seconds
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """A benchmark run: where, on what, and each side's figures."""
+
+    date: str
+    device: str
+    data: str
+    results: tuple[MethodResult, ...]
+
+    def speedup(self, result: MethodResult) -> float | None:
+        """The loop's seconds / ``result``'s; None without a loop run."""
+        loop = next((r for r in self.results if r.method == LOOP), None)
+        return None if loop is None else loop.seconds / result.seconds
+
+
+def bench_params(params: Params, *, epochs: int | None = None, model: str | None = None,
+                 img_size: int | None = None) -> Params:
+    """``params`` with the command line's overrides, validated like params.yaml."""
+    raw = dataclasses.asdict(params)
+    if epochs is not None:
+        raw["train"]["epochs"] = epochs
+    if model is not None:
+        raw["model"]["name"] = model
+    if img_size is not None:
+        raw["model"]["img_size"] = img_size
+    return parse_params(raw)
+
+
+def resolve_data(data: Path | None, params: DataParams, scratch: Path) -> tuple[Path, str]:
+    """(dataset root, its name): ``data``, else butterflies-10 beside the repo, else a synthetic set in ``scratch``."""
+    if data is not None:
+        if not Path(data).is_dir():
+            raise VitpipeError(f"--data {data}: not a folder; give a dataset root holding train/, valid/, test/.")
+        return Path(data), Path(data).resolve().name
+    if DEFAULT_DATA.is_dir():
+        return DEFAULT_DATA, DEFAULT_DATA.name
+    root = scratch / "synthetic"
+    root.mkdir(parents=True)
+    generate(root, params.synthetic, seed=params.seed)
+    s = params.synthetic
+    return root, f"synthetic ({s.classes} classes, {s.image_size} px)"
+
+
+def describe_device(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model and the cores this process may use."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "CPU"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores"
+
+
+class _TimedCache(FeatureCache):
+    """A feature cache that adds up the images it is asked for and the seconds it takes."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.images, self.seconds = 0, 0.0
+
+    def features(self, extractor: Extractor, root: Path, samples: Sequence[Sample], **kwargs: Any) -> torch.Tensor:
+        start = time.perf_counter()
+        out = super().features(extractor, root, samples, **kwargs)
+        self.seconds += time.perf_counter() - start
+        self.images += len(samples)
+        return out
+
+
+def _run_loop(params: Params, root: Path, *, workers: int) -> MethodResult:
+    logger.info("bench: %s, %d epochs, %d workers", LOOP, params.train.epochs, workers)
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        run = train_tutorial(params, root, workers=workers)
+        seconds = time.perf_counter() - start
+    test_correct, test_images = evaluate_tutorial(run, workers=workers)
+    epochs, sizes = params.train.epochs, run.sizes
+    return MethodResult(method=LOOP, epochs=epochs, seconds=seconds, train_images=sizes["train"],
+                        backbone_images=epochs * (sizes["train"] + sizes["valid"]), backbone_seconds=seconds,
+                        val_correct=run.best_correct, val_images=sizes["valid"], test_correct=test_correct,
+                        test_images=test_images, peak_rss_mib=mem.rss_mib, peak_anon_mib=mem.anon_mib)
+
+
+def _run_vitpipe(params: Params, index: DatasetIndex, work: Path, *, label: str = VITPIPE) -> MethodResult:
+    logger.info("bench: %s, %d epochs, empty feature cache in %s", label, params.train.epochs, work)
+    cache = _TimedCache(work / "features")
+    outputs = TrainOutputs(model=work / "model.safetensors", checkpoint=work / "checkpoints" / "last.pt",
+                           metrics=work / "train.json", history=work / "train_history.csv")
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        train = run_training(params, index, outputs, cache=cache, started=start)
+        seconds = time.perf_counter() - start
+    backbone_images, backbone_seconds = cache.images, cache.seconds
+    if not backbone_images:  # train.cache_views: 0, the image engine: every image, every epoch, as the loop
+        backbone_images = params.train.epochs * (train["train_images"] + train["val_images"])
+        backbone_seconds = seconds
+    test = run_evaluation(params, index, outputs.model, cache=cache,
+                          outputs=EvalOutputs(metrics=work / "test.json", per_class=work / "per_class.csv",
+                                              predictions=work / "predictions.csv"))
+    return MethodResult(method=label, epochs=params.train.epochs, seconds=seconds,
+                        train_images=train["train_images"], backbone_images=backbone_images,
+                        backbone_seconds=backbone_seconds,
+                        val_correct=round(train["best_val_accuracy"] * train["val_images"]),
+                        val_images=train["val_images"], test_correct=test["correct"], test_images=test["n_images"],
+                        peak_rss_mib=mem.rss_mib, peak_anon_mib=mem.anon_mib)
+
+
+# Train settings the tutorial's loop does not have: where params.yaml sets one, the sides differ.
+_LOOP_FIXED = {"freeze": "backbone", "unfreeze_epoch": None, "augment": "seed", "mixup": 0.0, "cutmix": 0.0,
+               "ema_decay": 0.0, "grad_clip": 0.0}
+
+
+def _warn_if_not_the_recipe(params: Params) -> None:
+    changed = [f"train.{k}: {getattr(params.train, k)!r}" for k, v in _LOOP_FIXED.items()
+               if getattr(params.train, k) != v]
+    if changed:
+        logger.warning("bench: the tutorial loop ignores %s (it always trains the frozen-backbone recipe with "
+                       "its own augmentation), so the two sides train different recipes", ", ".join(changed))
+
+
+def _index(root: Path, data: DataParams) -> DatasetIndex:
+    result = check_dataset(root, data)
+    if result.index is None:
+        reasons, fixes = refusal_reasons(result)
+        raise VitpipeError(f"{root}: refused by the split-check: {reasons}. To fix: {'; '.join(fixes)}.")
+    return result.index
+
+
+def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = None,
+              skip_loop: bool = False, loop_workers: int = TUTORIAL_WORKERS,
+              views: Sequence[int] = (), precisions: Sequence[str] = ()) -> BenchResult:
+    """Runs both sides on ``root`` and appends their rows to the markdown file ``out``.
+
+    Args:
+        params: the recipe, as in params.yaml; ``params.data`` only rules the split-check of ``root``.
+        root: dataset root holding train/, valid/ and test/.
+        out: markdown file to append to (created with an explaining header).
+        data_name: how the data is named in the table (default: the folder's name).
+        skip_loop: run vitpipe's side only (no speedup then).
+        loop_workers: DataLoader workers of the tutorial loop (the tutorial's 4).
+        views: run vitpipe once per ``train.cache_views`` value given (default: params.yaml's only).
+        precisions: ... and per ``train.precision`` given (default: params.yaml's only).
+    """
+    index = _index(Path(root), params.data)
+    counts = "/".join(str(len(index.samples(split))) for split in ("train", "valid", "test"))
+    results = []
+    if not skip_loop:
+        _warn_if_not_the_recipe(params)
+        results.append(_run_loop(params, Path(root), workers=loop_workers))
+        release_free_memory()
+    variants = [(v, p) for v in views or (params.train.cache_views,)
+                for p in precisions or (params.train.precision,)]
+    for n_views, precision in variants:
+        variant = dataclasses.replace(params, train=dataclasses.replace(params.train, cache_views=n_views,
+                                                                        precision=precision))
+        label = VITPIPE if len(variants) == 1 else f"{VITPIPE} (cache_views={n_views}, {precision})"
+        with tempfile.TemporaryDirectory(prefix="vitpipe-bench-") as work:
+            results.append(_run_vitpipe(variant, index, Path(work), label=label))
+        release_free_memory()
+    bench = BenchResult(date=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M"),
+                        device=describe_device(resolve_device(params.train.device)),
+                        data=f"{data_name or Path(root).resolve().name} ({counts})", results=tuple(results))
+    append_rows(out, table_rows(bench))
+    return bench
+
+
+def _fraction(correct: int, total: int) -> str:
+    return f"{correct / total:.2f} ({correct}/{total})" if total else "-"
+
+
+def _mib(value: float) -> str:
+    return f"{value:.0f}" if value > 0 else "-"  # 0: no /proc to read
+
+
+def table_rows(bench: BenchResult) -> list[str]:
+    """The markdown rows of ``bench``, one per side."""
+    rows = []
+    for r in bench.results:
+        speedup = bench.speedup(r)
+        cells = (bench.date, bench.device, bench.data, r.method, str(r.epochs), f"{r.seconds:.1f}",
+                 f"{r.recipe_rate:.1f}", f"{r.backbone_rate:.1f}", "-" if speedup is None else f"{speedup:.2f}x",
+                 _fraction(r.test_correct, r.test_images), _fraction(r.val_correct, r.val_images),
+                 _mib(r.peak_rss_mib), _mib(r.peak_anon_mib))
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def table_header() -> list[str]:
+    """The markdown table's header and alignment lines."""
+    return ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+
+
+def append_rows(path: Path, rows: list[str]) -> None:
+    """Appends ``rows`` to the table that ends ``path``, after a new table header where none ends it.
+
+    A missing file starts with :data:`HEADER`. The file is rewritten atomically.
+    """
+    path = Path(path)
+    text = (path.read_text(encoding="utf-8") if path.exists() else "") or HEADER
+    text = text.rstrip("\n") + "\n"
+    if not text.splitlines()[-1].startswith("|"):
+        text += "\n" + "\n".join(table_header()) + "\n"
+    write_text(path, text + "\n".join(rows) + "\n")
+    logger.info("bench: appended %d rows to %s", len(rows), path)
+
+
+def format_table(bench: BenchResult) -> str:
+    """The run's rows under the table header, for stdout."""
+    return "\n".join(table_header() + table_rows(bench))

@@ -1,0 +1,121 @@
+"""The evaluate stage: score EVERY test image and write the metrics, per class and per image."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import (
+    f1_score,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from vitpipe.data.index import DatasetIndex
+from vitpipe.data.torchdata import ImageDataset
+from vitpipe.errors import VitpipeError
+from vitpipe.evaluate.inference import Predictor, load_predictor
+from vitpipe.fileio import write_csv, write_json
+from vitpipe.model.features import (
+    Extractor,
+    FeatureCache,
+)
+from vitpipe.model.transforms import build_eval_transform
+from vitpipe.params import Params
+
+logger = logging.getLogger(__name__)
+
+PER_CLASS_COLUMNS = ("class", "accuracy", "precision", "recall", "f1", "correct", "support")
+PREDICTION_COLUMNS = ("path", "actual", "predicted", "confidence", "top5")
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class EvalOutputs:
+    """Where the evaluate stage writes."""
+
+    metrics: Path
+    per_class: Path
+    predictions: Path
+
+
+def _probabilities(params: Params, index: DatasetIndex, predictor: Predictor, cache: FeatureCache) -> torch.Tensor:
+    """(N, C) probabilities for the test split, from cached features when the head was trained on them."""
+    samples = index.samples("test")
+    card, device = predictor.card, predictor.device
+    eval_tf = build_eval_transform(card.eval_transform)
+    if card.feature_dtype and not predictor.tta:
+        backbone = predictor.model.backbone
+        extractor = Extractor.for_backbone(backbone, device, card.precision, num_workers=params.train.num_workers)
+        feats = cache.features(extractor, index.root, samples, transform=eval_tf, view_seed=None,
+                               desc="test view 0")
+        with torch.inference_mode():
+            return predictor.head_logits(feats.to(device)).softmax(-1).cpu()
+    loader = DataLoader(ImageDataset(index.root, samples, eval_tf), batch_size=params.evaluate.batch_size,
+                        shuffle=False, num_workers=params.train.num_workers, pin_memory=device.type == "cuda")
+    return torch.cat([predictor.probabilities(x).cpu() for x, _ in tqdm(loader, desc="test", disable=None)])
+
+
+def score(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> tuple[dict[str, Any], list[dict]]:
+    """Overall and per-class metrics from (N, C) probabilities and (N,) labels (scikit-learn)."""
+    n, n_classes = probs.shape
+    pred = probs.argmax(1)
+    ids = np.arange(n_classes)
+    precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=ids, zero_division=0)
+    correct = np.bincount(labels[pred == labels], minlength=n_classes)
+    metrics = {
+        "accuracy": float((pred == labels).mean()),
+        "correct": int((pred == labels).sum()),
+        "n_images": int(n),
+        "loss": float(-np.log(np.clip(probs[np.arange(n), labels], 1e-12, None)).mean()),
+        # With TOP_K or fewer classes the true class is always among the top TOP_K.
+        f"top{TOP_K}_accuracy": float(top_k_accuracy_score(labels, probs, k=TOP_K, labels=ids))
+        if n_classes > TOP_K else 1.0,
+        "macro_f1": float(f1_score(labels, pred, labels=ids, average="macro", zero_division=0)),
+        "per_class": {},
+    }
+    rows = []
+    for c, name in enumerate(classes):
+        row = {"class": name, "accuracy": float(recall[c]) if support[c] else 0.0, "precision": float(precision[c]),
+               "recall": float(recall[c]), "f1": float(f1[c]), "correct": int(correct[c]), "support": int(support[c])}
+        rows.append(row)
+        metrics["per_class"][name] = {k_: v for k_, v in row.items() if k_ != "class"}
+    return metrics, rows
+
+
+def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, outputs: EvalOutputs, *,
+                   cache: FeatureCache | None = None) -> dict[str, Any]:
+    """Scores every test image with the saved model; writes test.json, per_class.csv, predictions.csv."""
+    predictor = load_predictor(model_path, device=params.train.device, tta=params.evaluate.tta)
+    card = predictor.card
+    if tuple(card.classes) != tuple(index.classes):
+        raise VitpipeError(f"{model_path} was trained on classes {list(card.classes)[:5]}..., but the dataset "
+                           f"index has {list(index.classes)[:5]}...; rerun the train stage (`dvc repro`).")
+    samples = index.samples("test")
+    if not samples:
+        raise VitpipeError("the test split has no images; nothing to evaluate. Check data.source.")
+    probs = _probabilities(params, index, predictor, cache or FeatureCache()).float().numpy()
+    if probs.shape[0] != len(samples):
+        raise VitpipeError(f"scored {probs.shape[0]} test images but the index lists {len(samples)}.")
+    labels = np.array([s.label for s in samples])
+    metrics, rows = score(probs, labels, index.classes)
+    metrics["tta"] = params.evaluate.tta
+    write_json(outputs.metrics, metrics)
+    write_csv(outputs.per_class, rows, columns=PER_CLASS_COLUMNS)
+    write_csv(outputs.predictions, _prediction_rows(samples, probs, index.classes), columns=PREDICTION_COLUMNS)
+    logger.info("test accuracy %.4f (%d/%d images), top-%d %.4f, macro F1 %.4f", metrics["accuracy"],
+                metrics["correct"], metrics["n_images"], TOP_K, metrics[f"top{TOP_K}_accuracy"], metrics["macro_f1"])
+    return metrics
+
+
+def _prediction_rows(samples, probs: np.ndarray, classes: tuple[str, ...]) -> list[dict[str, Any]]:
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :TOP_K]
+    return [{"path": s.path, "actual": classes[s.label], "predicted": classes[top[i, 0]],
+             "confidence": float(probs[i, top[i, 0]]), "top5": "|".join(classes[j] for j in top[i])}
+            for i, s in enumerate(samples)]

@@ -1,0 +1,82 @@
+"""``models/model.safetensors``: the best weights with the class names and model settings beside them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from vitpipe.errors import VitpipeError
+from vitpipe.fileio import atomic_path
+from vitpipe.model.classifier import Classifier, ModelInfo, build_model
+from vitpipe.model.transforms import EvalSpec
+from vitpipe.params import ModelParams
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What evaluate and predict need to rebuild the model and its eval transform exactly."""
+
+    classes: tuple[str, ...]
+    model: ModelParams
+    eval_transform: EvalSpec
+    precision: str
+    feature_dtype: str | None  # "bfloat16" when the head was trained on cached, rounded features
+    weights_source: str
+
+    def to_metadata(self) -> dict[str, str]:
+        """safetensors metadata: str -> str."""
+        return {"vitpipe": json.dumps(asdict(self), sort_keys=True)}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> ModelCard:
+        """Inverse of :meth:`to_metadata`."""
+        try:
+            raw: dict[str, Any] = json.loads(meta["vitpipe"])
+            raw["classes"] = tuple(raw["classes"])
+            raw["eval_transform"] = EvalSpec.from_dict(raw["eval_transform"])
+            raw["model"] = ModelParams(**raw["model"])
+            return cls(**raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VitpipeError(f"{path}: not a vitpipe model file (metadata: {exc}). "
+                               f"Train one with `dvc repro train`.") from None
+
+
+def save_model(path: Path, model: Classifier, card: ModelCard) -> None:
+    """Writes the weights and the card atomically."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=card.to_metadata())
+
+
+def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[Classifier, ModelCard]:
+    """Rebuilds the classifier saved by :func:`save_model`, in eval mode on ``device``."""
+    path = Path(path)
+    if not path.is_file():
+        raise VitpipeError(f"{path}: no model file. Train one with `dvc repro train` or pass --model.")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            card = ModelCard.from_metadata(f.metadata() or {}, path)
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise VitpipeError(f"{path}: not a readable safetensors file ({exc}).") from None
+    params = ModelParams(**{**asdict(card.model), "pretrained": False, "weights": None})
+    model, _ = build_model(params, len(card.classes), seed=0)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise VitpipeError(f"{path}: weights do not match {card.model.name} ({str(exc).splitlines()[0]}).") from None
+    model.requires_grad_(False)
+    return model.to(device).eval(), card
+
+
+def card_for(classes: tuple[str, ...], params: ModelParams, info: ModelInfo, *, spec: EvalSpec,
+             precision: str, feature_dtype: str | None) -> ModelCard:
+    """The card of a model trained with ``params``."""
+    return ModelCard(classes=tuple(classes), model=params, eval_transform=spec, precision=precision,
+                     feature_dtype=feature_dtype, weights_source=info.weights_source)

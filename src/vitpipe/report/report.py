@@ -1,0 +1,268 @@
+"""``vitpipe report``: a markdown report of the workspace's results against a git revision (a PR's base).
+
+It holds ``dvc metrics diff`` and ``dvc params diff``, the classes whose test accuracy changed
+most, the worst classes, the most confused pairs, and PNG plots in a folder beside the markdown
+(``report.md`` -> ``report/``), linked from it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vitpipe.errors import VitpipeError
+from vitpipe.fileio import atomic_dir, write_text
+from vitpipe.report import plots
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MetricFiles:
+    """The evaluate and train outputs the report reads, relative to the repository root."""
+
+    per_class: str = "metrics/per_class.csv"
+    predictions: str = "metrics/predictions.csv"
+    history: str = "metrics/train_history.csv"
+
+
+_COLUMNS = {"per_class": ("class", "accuracy", "precision", "recall", "f1", "support"),
+            "predictions": ("actual", "predicted"), "history": ("epoch",)}
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, check=False)
+    except FileNotFoundError:
+        raise VitpipeError(f"`{cmd[0]}` is not installed or not on PATH; the report needs git and dvc.") from None
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _run(["git", *args], root)
+
+
+def git_root(path: Path) -> Path:
+    """The top of the git work tree holding ``path``."""
+    done = _git(path, "rev-parse", "--show-toplevel")
+    if done.returncode != 0:
+        raise VitpipeError(f"{path.resolve()}: not inside a git repository; run `vitpipe report` in the "
+                           f"vitpipe checkout (it compares with a git revision).")
+    return Path(done.stdout.strip())
+
+
+def resolve_revision(root: Path, rev: str) -> str:
+    """The commit id of ``rev``; an unknown revision is a :class:`VitpipeError`."""
+    done = _git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if done.returncode != 0 or rev.startswith("-"):
+        raise VitpipeError(f"--base {rev}: unknown git revision; pass an existing branch, tag or commit "
+                           f"(in CI fetch it first, e.g. `git fetch origin main` and --base origin/main).")
+    return done.stdout.strip()
+
+
+def _dvc_command() -> list[str]:
+    exe = Path(sys.executable).with_name("dvc")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "dvc"]
+
+
+def dvc_markdown(root: Path, what: str, base: str) -> str:
+    """``dvc {metrics|params} diff BASE --md``: a markdown table, empty when nothing changed."""
+    cmd = [*_dvc_command(), what, "diff", base, "--md"]
+    done = _run(cmd, root)
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()] or [f"exit status {done.returncode}"]
+        raise VitpipeError(f"`dvc {what} diff {base}` failed in {root}: {lines[-1].strip()}")
+    return done.stdout.strip()
+
+
+def _parse_csv(text: str, source: str, kind: str) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(io.StringIO(text), keep_default_na=False,
+                            dtype={"class": str, "actual": str, "predicted": str})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise VitpipeError(f"{source}: not a readable CSV ({str(exc).splitlines()[0]}); rerun `dvc repro`.") from None
+    missing = [c for c in _COLUMNS[kind] if c not in frame.columns]
+    if missing:
+        raise VitpipeError(f"{source}: no column(s) {missing}; it was not written by vitpipe; rerun `dvc repro`.")
+    return frame
+
+
+def read_workspace_csv(root: Path, rel: str, kind: str, *, required: bool = True) -> pd.DataFrame | None:
+    """A metrics CSV of the workspace; a missing required one is a :class:`VitpipeError`."""
+    path = root / rel
+    if not path.is_file():
+        if required:
+            raise VitpipeError(f"{rel}: not found in {root}; run the pipeline first (`dvc repro`).")
+        return None
+    return _parse_csv(path.read_text(encoding="utf-8"), rel, kind)
+
+
+def read_revision_csv(root: Path, rev: str, rel: str, kind: str) -> pd.DataFrame | None:
+    """A metrics CSV as committed at ``rev``; None when ``rev`` does not have it."""
+    done = _git(root, "show", f"{rev}:{rel}")
+    return _parse_csv(done.stdout, f"{rev}:{rel}", kind) if done.returncode == 0 else None
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "—" if pd.isna(value) else f"{value:.3f}"
+    return str(value).replace("|", "\\|")
+
+
+def md_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table; ``|`` in cells is escaped, floats get 3 decimals, NaN is a dash."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def accuracy_changes(current: pd.DataFrame, base: pd.DataFrame, top: int) -> pd.DataFrame:
+    """The ``top`` classes whose accuracy changed most (either way), with ``base``, ``now``, ``change``."""
+    merged = pd.merge(base[["class", "accuracy"]], current[["class", "accuracy", "support"]], on="class",
+                      how="outer", suffixes=("_base", "_now"))
+    merged["change"] = merged["accuracy_now"] - merged["accuracy_base"]
+    merged = merged[merged["change"].fillna(1.0) != 0]  # a class new or gone counts as changed
+    merged["_size"] = merged["change"].abs().fillna(2.0)
+    return merged.sort_values(["_size", "class"], ascending=[False, True]).drop(columns="_size").head(top)
+
+
+def confused_pairs(predictions: pd.DataFrame, top: int) -> pd.DataFrame:
+    """The ``top`` (actual, predicted) pairs with actual != predicted, by count; ``share`` of the actual class."""
+    wrong = predictions[predictions["actual"] != predictions["predicted"]]
+    counts = wrong.groupby(["actual", "predicted"]).size().rename("count").reset_index()
+    counts["share"] = counts["count"] / counts["actual"].map(predictions["actual"].value_counts())
+    return counts.sort_values(["count", "actual", "predicted"], ascending=[False, True, True]).head(top)
+
+
+def _overall(per_class: pd.DataFrame) -> str:
+    correct = int(per_class["correct"].sum()) if "correct" in per_class else None
+    total = int(per_class["support"].sum())
+    if correct is None or not total:
+        return "n/a"
+    return f"{correct / total:.4f} ({correct}/{total})"
+
+
+def _split_metrics_table(table: str) -> tuple[str, list[str], int]:
+    """``dvc metrics diff --md`` -> (table without per-class rows or '', its header and per-class
+    accuracy rows, number of other per-class rows dropped).
+
+    Per-class rows are six per class: all of them could overflow a PR comment (65,536 characters).
+    """
+    lines = table.splitlines()
+    if len(lines) < 3:
+        return table, [], 0
+    head, rows = lines[:2], lines[2:]
+    per_class = [r for r in rows if re.search(r"\|\s*per_class\.", r)]
+    other = [r for r in rows if r not in per_class]
+    accuracy = [r for r in per_class if re.search(r"\.accuracy\s*\|", r)]
+    return ("\n".join(head + other) if other else ""), (head + accuracy if accuracy else []), \
+        len(per_class) - len(accuracy)
+
+
+def _metrics_section(metrics_md: str) -> list[str]:
+    headline, accuracy, n_dropped = _split_metrics_table(metrics_md)
+    out = ["## Metrics (`dvc metrics diff`)", ""]
+    out += [headline or "No overall metric changed.", ""]
+    if accuracy:
+        out += [f"<details><summary>Per-class accuracy that changed ({len(accuracy) - 2} classes)</summary>", "",
+                *accuracy, "", "</details>", ""]
+    if n_dropped:
+        out += [f"{n_dropped} other per-class metric(s) changed (precision, recall, f1, correct): "
+                f"`dvc metrics diff` lists them.", ""]
+    return out
+
+
+def _class_sections(current: pd.DataFrame, base: pd.DataFrame | None, predictions: pd.DataFrame,
+                    base_predictions: pd.DataFrame | None, *, base_name: str, top: int) -> list[str]:
+    out = ["## Classes whose test accuracy changed most", ""]
+    if base is None:
+        out += [f"`{base_name}` has no per-class metrics to compare with.", ""]
+    else:
+        changed = accuracy_changes(current, base, top)
+        rows = [[r["class"], r["accuracy_base"], r["accuracy_now"],
+                 "—" if pd.isna(r["change"]) else f"{r['change']:+.3f}"] for _, r in changed.iterrows()]
+        out += [md_table(["class", base_name, "workspace", "change"], rows) if rows
+                else "No class's test accuracy changed.", ""]
+    worst = current.sort_values(["accuracy", "f1", "class"], kind="stable").head(top)
+    out += ["## Worst classes", "", md_table(
+        ["class", "accuracy", "precision", "recall", "f1", "test images"],
+        [[r["class"], r["accuracy"], r["precision"], r["recall"], r["f1"], int(r["support"])]
+         for _, r in worst.iterrows()]), ""]
+    pairs = confused_pairs(predictions, top)
+    base_counts = {} if base_predictions is None else \
+        confused_pairs(base_predictions, len(base_predictions)).set_index(["actual", "predicted"])["count"].to_dict()
+    headers = ["actual", "predicted as", "images", "share of the class"]
+    headers += [] if base_predictions is None else [f"images at {base_name}"]
+    rows = [[r["actual"], r["predicted"], int(r["count"]), f"{r['share']:.0%}"]
+            + ([] if base_predictions is None else [int(base_counts.get((r["actual"], r["predicted"]), 0))])
+            for _, r in pairs.iterrows()]
+    out += ["## Most confused pairs", "", md_table(headers, rows) if rows else "No test image is misclassified.", ""]
+    return out
+
+
+def _write_plots(plot_dir: Path, current: pd.DataFrame, base: pd.DataFrame | None, predictions: pd.DataFrame,
+                 history: pd.DataFrame | None) -> list[tuple[str, str]]:
+    """Writes the PNGs into ``plot_dir`` (replaced atomically); returns (title, file name) pairs."""
+    if plot_dir.exists() and (not plot_dir.is_dir() or any(p.suffix != ".png" for p in plot_dir.iterdir())):
+        raise VitpipeError(f"{plot_dir}: exists and holds more than report plots; refusing to replace it. "
+                           f"Pass another --out (its plots go to a folder named after it).")
+    made = []
+    with atomic_dir(plot_dir) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        plots.confusion_matrix(predictions, list(current["class"]), tmp / "confusion_matrix.png")
+        made.append(("Confusion matrix", "confusion_matrix.png"))
+        plots.per_class_accuracy(current, tmp / "per_class_accuracy.png", base=base)
+        made.append(("Per-class test accuracy", "per_class_accuracy.png"))
+        if history is not None and len(history):
+            plots.training_curves(history, tmp / "training_curves.png")
+            made.append(("Training curves", "training_curves.png"))
+    return made
+
+
+def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None,
+                 files: MetricFiles = MetricFiles()) -> Path:
+    """Writes the markdown report ``out`` and its plots folder (``out`` without suffix).
+
+    Args:
+        base: git revision to compare with (branch, tag, commit; ``origin/main`` in CI).
+        out: markdown file to write; relative paths are relative to the current directory.
+        top: rows in the class and confused-pair tables.
+        repo: a path inside the git repository (default: the current directory).
+        files: where the metrics CSVs live, relative to the repository root.
+    """
+    root = git_root(Path(repo) if repo is not None else Path.cwd())
+    base_sha = resolve_revision(root, base)
+    current = read_workspace_csv(root, files.per_class, "per_class")
+    predictions = read_workspace_csv(root, files.predictions, "predictions")
+    history = read_workspace_csv(root, files.history, "history", required=False)
+    base_per_class = read_revision_csv(root, base_sha, files.per_class, "per_class")
+    base_predictions = read_revision_csv(root, base_sha, files.predictions, "predictions")
+    metrics_md, params_md = dvc_markdown(root, "metrics", base), dvc_markdown(root, "params", base)
+
+    out = Path(out)
+    plot_dir = out.with_suffix("") if out.suffix else out.with_name(out.name + "_plots")
+    made = _write_plots(plot_dir, current, base_per_class, predictions, history)
+
+    lines = [f"# vitpipe report: workspace vs `{base}` ({base_sha[:10]})", ""]
+    if base_per_class is None:
+        lines += [f"> `{base}` has no metrics yet ({files.per_class} is not committed there, e.g. the first "
+                  f"commit): the numbers below are the workspace's alone.", ""]
+    lines += [f"Test accuracy: **{_overall(current)}**"
+              + ("" if base_per_class is None else f", `{base}`: {_overall(base_per_class)}"), ""]
+    lines += _metrics_section(metrics_md)
+    lines += ["## Parameters (`dvc params diff`)", "", params_md or "No parameter changed.", ""]
+    lines += _class_sections(current, base_per_class, predictions, base_predictions, base_name=base, top=top)
+    lines += ["## Plots", ""]
+    lines += [f"![{title}]({plot_dir.name}/{name})\n" for title, name in made]
+    write_text(out, "\n".join(lines).rstrip() + "\n")
+    logger.info("wrote %s and %d plot(s) in %s/", out, len(made), plot_dir)
+    return out

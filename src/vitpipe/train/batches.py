@@ -1,0 +1,77 @@
+"""Where the image engine's batches come from: a DataLoader over image files, or decoded images.
+
+Both yield normalised (B, 3, H, W) float images and (B,) labels already on the device.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vitpipe.runtime import seed_worker
+from vitpipe.train import distributed
+from vitpipe.train.decoded import DecodedImages, DeviceAugment
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class BatchSource(Protocol):
+    """Training batches of one epoch (shuffled by ``seed``) and the validation batches."""
+
+    def train(self, epoch: int, seed: int, *, batch_size: int, drop_last: bool) -> Iterator[Batch]: ...
+
+    def valid(self, *, batch_size: int) -> Iterator[Batch]: ...
+
+
+class LoaderBatches:
+    """Decode and transform every image on the CPU in DataLoader workers (the tutorial's way)."""
+
+    def __init__(self, train_set: Dataset, val_set: Dataset, *, device: torch.device, num_workers: int):
+        self.train_set, self.val_set, self.device, self.num_workers = train_set, val_set, device, num_workers
+
+    def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> DataLoader:
+        sampler = distributed.sampler(dataset, shuffle=shuffle, seed=seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          num_workers=self.num_workers, worker_init_fn=seed_worker,
+                          generator=torch.Generator().manual_seed(seed), pin_memory=self.device.type == "cuda",
+                          drop_last=drop_last)
+
+    def _on_device(self, loader: DataLoader) -> Iterator[Batch]:
+        for images, labels in loader:
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def train(self, epoch: int, seed: int, *, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+        loader = self._loader(self.train_set, batch_size=batch_size, shuffle=True, seed=seed, drop_last=drop_last)
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        return self._on_device(loader)
+
+    def valid(self, *, batch_size: int) -> Iterator[Batch]:
+        return self._on_device(self._loader(self.val_set, batch_size=batch_size, shuffle=False, seed=0,
+                                            drop_last=False))
+
+
+class DecodedBatches:
+    """Batches gathered from uint8 memory maps and augmented on the device (see vitpipe.train.decoded)."""
+
+    def __init__(self, train: DecodedImages, val: DecodedImages, *, train_augment: DeviceAugment,
+                 eval_augment: DeviceAugment, device: torch.device):
+        self.train_images, self.val_images, self.device = train, val, device
+        self.train_augment, self.eval_augment = train_augment, eval_augment
+
+    def train(self, epoch: int, seed: int, *, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+        del epoch  # the seed already differs per epoch
+        order = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(seed))
+        order = distributed.shard(order)
+        random.seed(seed)  # timm's RandomErasing draws its probability from Python's random
+        for images, labels in self.train_images.batches(order, batch_size, drop_last=drop_last, device=self.device):
+            yield self.train_augment(images), labels
+
+    def valid(self, *, batch_size: int) -> Iterator[Batch]:
+        order = torch.arange(len(self.val_images))
+        for images, labels in self.val_images.batches(order, batch_size, drop_last=False, device=self.device):
+            yield self.eval_augment(images), labels

@@ -1,0 +1,126 @@
+"""Decoded images for fast full fine-tuning: decode once to a uint8 memory map, augment on the device.
+
+Decoding and resizing JPEGs on the CPU caps a GPU at a few hundred images/s. Here each image is
+decoded, resized and centre-cropped ONCE (exactly the deterministic part of the eval transform)
+into an (N, S, S, 3) uint8 file that is memory-mapped, not held in RAM, and keyed by content like
+the feature cache. Each batch is gathered into pinned memory, copied without blocking, and the
+recipe's random part (flips, the no-op ColorJitter(), RandomErasing) runs on the device, batched.
+
+Only ``train.augment: seed`` has this path: timm's training transforms start with a random resized
+crop of the full image, which a centre-cropped store cannot provide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.data.random_erasing import RandomErasing
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from tqdm import tqdm
+
+from vitpipe.data.images import load_rgb
+from vitpipe.data.index import Sample
+from vitpipe.fileio import atomic_path, write_json
+from vitpipe.model.transforms import INTERPOLATION, EvalSpec
+
+logger = logging.getLogger(__name__)
+
+
+class _Crops(Dataset):
+    def __init__(self, root: Path, samples: Sequence[Sample], spec: EvalSpec):
+        self.root, self.samples = root, list(samples)
+        self.geometry = T.Compose([T.Resize(spec.resize, interpolation=INTERPOLATION[spec.interpolation]),
+                                   T.CenterCrop(spec.crop)])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.geometry(load_rgb(self.root / self.samples[i].path))).copy())
+
+
+class DecodedImages:
+    """A split's images as an (N, S, S, 3) uint8 memory map, with their labels."""
+
+    def __init__(self, path: Path, labels: torch.Tensor, size: int):
+        self.labels = labels
+        self.array = np.lib.format.open_memmap(path, mode="r")  # (N, S, S, 3) uint8
+        assert self.array.shape == (len(labels), size, size, 3), f"{path}: unexpected shape {self.array.shape}"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def build_or_open(cls, cache_root: Path, root: Path, samples: Sequence[Sample], spec: EvalSpec, *,
+                      num_workers: int) -> DecodedImages:
+        """Opens the cached store for these images and spec, or decodes them into a new one."""
+        digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode())
+        for s in samples:
+            digest.update(f"{s.path}\0{s.sha256}\n".encode())
+        path = Path(cache_root) / f"{digest.hexdigest()[:32]}.npy"
+        labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                                  shape=(len(samples), spec.crop, spec.crop, 3))
+                loader = DataLoader(_Crops(root, samples, spec), batch_size=64, num_workers=num_workers)
+                at = 0
+                for batch in tqdm(loader, desc="decoding", unit="batch", leave=False, disable=None):
+                    array[at:at + len(batch)] = batch.numpy()
+                    at += len(batch)
+                array.flush()
+                del array
+            write_json(path.with_suffix(".json"), {"images": len(samples), "spec": spec.to_dict()})
+            logger.info("decoded %d images once into %s", len(samples), path)
+        return cls(path, labels, spec.crop)
+
+    def batches(self, order: torch.Tensor, batch_size: int, *, drop_last: bool,
+                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(B, S, S, 3) uint8 images and (B,) labels in ``order``, copied to ``device`` without blocking."""
+        pin = device.type == "cuda"
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            if drop_last and len(idx) < batch_size:
+                return
+            images = torch.from_numpy(self.array[np.sort(idx.numpy())])  # memmap reads in file order
+            labels = self.labels[torch.sort(idx).values]
+            if pin:
+                images = images.pin_memory()
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+class DeviceAugment(nn.Module):
+    """uint8 (B, S, S, 3) -> normalised float (B, 3, S, S), with the recipe's random part when training.
+
+    Training: horizontal and vertical flips (p=0.5 each, per image), ColorJitter() with p=0.25
+    (its default arguments change nothing, so it is omitted), then RandomErasing(p=0.2) with
+    random pixel values (timm's batched implementation, the tutorial's ``value='random'``).
+    """
+
+    def __init__(self, spec: EvalSpec, *, train: bool, device: torch.device):
+        super().__init__()
+        self.train_mode = train
+        self.register_buffer("mean", torch.tensor(spec.mean, device=device).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(spec.std, device=device).view(1, 3, 1, 1) * 255)
+        self.erase = RandomErasing(probability=0.2, mode="pixel", device=str(device)) if train else None
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float()  # (B, 3, S, S), 0..255
+        if self.train_mode:
+            b = x.shape[0]
+            hflip = torch.rand(b, device=x.device) < 0.5
+            vflip = torch.rand(b, device=x.device) < 0.5
+            x = torch.where(hflip.view(b, 1, 1, 1), x.flip(-1), x)
+            x = torch.where(vflip.view(b, 1, 1, 1), x.flip(-2), x)
+        x = (x - self.mean) / self.std
+        return self.erase(x) if self.erase is not None else x

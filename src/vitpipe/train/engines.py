@@ -1,0 +1,153 @@
+"""The two ways an epoch is run: on cached backbone features, or on images through the model.
+
+Both expose ``module`` (what the optimizer updates), ``train_epoch`` and ``evaluate``. Each epoch's
+randomness (shuffling, views, dropout, augmentation) is seeded from (train.seed, epoch) alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vitpipe.model.classifier import Classifier, set_backbone_trainable
+from vitpipe.params import TrainParams
+from vitpipe.runtime import autocast, derive_seed
+from vitpipe.train import distributed
+from vitpipe.train.batches import BatchSource
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Totals:
+    """Running sums for a loss averaged over every sample and an accuracy over every sample."""
+
+    loss: float = 0.0
+    correct: int = 0
+    count: int = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.loss += float(loss.detach()) * n
+        self.correct += int((logits.detach().argmax(1) == labels).sum())
+        self.count += n
+
+    def result(self) -> tuple[float, float]:
+        """(mean loss, accuracy); an empty split gives (nan, nan)."""
+        if self.count == 0:
+            return float("nan"), float("nan")
+        return self.loss / self.count, self.correct / self.count
+
+
+def _step(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer, *,
+          grad_clip: float, ema: nn.Module | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    if ema is not None:
+        ema.update(module)
+
+
+class FeatureEngine:
+    """Trains the head on cached features: (V, N, D) train views, (M, D) valid view 0.
+
+    Each epoch shuffles the images and gives each one a view drawn at random, so the head sees
+    as many augmentations as there are views, in the recipe's batches of ``batch_size``.
+    """
+
+    def __init__(self, head: nn.Module, *, train_x: torch.Tensor, train_y: torch.Tensor,
+                 val_x: torch.Tensor, val_y: torch.Tensor, params: TrainParams, device: torch.device,
+                 loss_fn: nn.Module, val_loss_fn: nn.Module):
+        self.module = head.to(device)
+        self.train_x, self.train_y = train_x.float().to(device), train_y.to(device)  # (V, N, D), (N,)
+        self.val_x, self.val_y = val_x.float().to(device), val_y.to(device)  # (M, D), (M,)
+        self.params, self.device = params, device
+        self.loss_fn, self.val_loss_fn = loss_fn, val_loss_fn
+
+    def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> tuple[float, float]:
+        views, n = self.train_x.shape[0], self.train_x.shape[1]
+        gen = torch.Generator().manual_seed(derive_seed(self.params.seed, epoch, 1))
+        order = torch.randperm(n, generator=gen).to(self.device)
+        pick = torch.randint(views, (n,), generator=gen).to(self.device)
+        torch.manual_seed(derive_seed(self.params.seed, epoch, 2))  # dropout
+        self.module.train()
+        totals = Totals()
+        for start in range(0, n, self.params.batch_size):
+            idx = order[start:start + self.params.batch_size]
+            x, y = self.train_x[pick[idx], idx], self.train_y[idx]  # (B, D), (B,)
+            logits = self.module(x)
+            loss = self.loss_fn(logits, y)
+            _step(loss, self.module, optimizer, grad_clip=self.params.grad_clip, ema=ema)
+            totals.add(loss, logits, y)
+        return totals.result()
+
+    @torch.inference_mode()
+    def evaluate(self, module: nn.Module) -> tuple[float, float]:
+        module.eval()
+        totals = Totals()
+        for start in range(0, self.val_x.shape[0], self.params.val_batch_size):
+            x = self.val_x[start:start + self.params.val_batch_size]
+            y = self.val_y[start:start + self.params.val_batch_size]
+            logits = module(x)
+            totals.add(self.val_loss_fn(logits, y), logits, y)
+        return totals.result()
+
+
+class ImageEngine:
+    """Trains on images: the tutorial's loop with a frozen backbone, or a (partial) fine-tune."""
+
+    def __init__(self, model: Classifier, *, batches: BatchSource, params: TrainParams, device: torch.device,
+                 loss_fn: nn.Module, val_loss_fn: nn.Module, mixup=None):
+        self.module = model.to(device)
+        self.params, self.device, self.mixup, self.batches = params, device, mixup, batches
+        self.loss_fn, self.val_loss_fn = loss_fn, val_loss_fn
+        self.channels_last = params.channels_last and device.type == "cuda"
+        if self.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.forward_module = self._wrapped()
+
+    def _wrapped(self) -> nn.Module:
+        module = distributed.wrap(self.module, self.device)
+        return torch.compile(module) if self.params.compile else module
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> tuple[float, float]:
+        unfreeze = self.params.unfreeze_epoch
+        if self.params.freeze == "none" or (unfreeze is not None and epoch >= unfreeze):
+            if self.module.backbone_frozen:
+                logger.info("epoch %d: unfreezing the backbone", epoch)
+                set_backbone_trainable(self.module, True)
+                self.forward_module = self._wrapped()  # DDP registers the parameters that train now
+        torch.manual_seed(derive_seed(self.params.seed, epoch, 2))  # dropout, mixup, device augmentation
+        batches = self.batches.train(epoch, derive_seed(self.params.seed, epoch, 1),
+                                     batch_size=self.params.batch_size, drop_last=self.mixup is not None)
+        self.module.train()
+        totals = Totals()
+        for images, labels in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None):
+            images, targets = self._layout(images), labels
+            if self.mixup is not None:
+                images, targets = self.mixup(images, labels)
+            with autocast(self.device, self.params.precision):
+                logits = self.forward_module(images)
+                loss = self.loss_fn(logits.float(), targets)
+            _step(loss, self.module, optimizer, grad_clip=self.params.grad_clip, ema=ema)
+            totals.add(loss, logits, labels)
+        return totals.result()
+
+    @torch.inference_mode()
+    def evaluate(self, module: nn.Module) -> tuple[float, float]:
+        module.eval()
+        totals = Totals()
+        for images, labels in self.batches.valid(batch_size=self.params.val_batch_size):
+            with autocast(self.device, self.params.precision):
+                logits = module(self._layout(images)).float()
+            totals.add(self.val_loss_fn(logits, labels), logits, labels)
+        return totals.result()

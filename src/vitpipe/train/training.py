@@ -1,0 +1,225 @@
+"""The train stage: build the model, pick the engine, run the epochs with checkpoints, write results."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from vitpipe.data.index import DatasetIndex
+from vitpipe.data.torchdata import ImageDataset
+from vitpipe.errors import VitpipeError
+from vitpipe.fileio import write_csv, write_json
+from vitpipe.model.classifier import (
+    Classifier,
+    build_model,
+    count_parameters,
+    set_backbone_trainable,
+)
+from vitpipe.model.features import (
+    Extractor,
+    FeatureCache,
+    view_seed,
+)
+from vitpipe.model.model_file import card_for, save_model
+from vitpipe.model.transforms import (
+    build_eval_transform,
+    build_train_transform,
+    eval_spec,
+)
+from vitpipe.params import Params
+from vitpipe.runtime import configure, device_name, resolve_device, seed_everything
+from vitpipe.train import distributed
+from vitpipe.train.batches import BatchSource, DecodedBatches, LoaderBatches
+from vitpipe.train.checkpoint import Progress, load_checkpoint, restore, save_checkpoint
+from vitpipe.train.decoded import DecodedImages, DeviceAugment
+from vitpipe.train.engines import FeatureEngine, ImageEngine
+from vitpipe.train.recipe import (
+    build_ema,
+    build_loss,
+    build_mixup,
+    build_optimizer,
+    build_scheduler,
+    current_lr,
+)
+
+logger = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where the train stage writes."""
+
+    model: Path
+    checkpoint: Path
+    metrics: Path
+    history: Path
+
+
+def _labels(index: DatasetIndex, split: str) -> torch.Tensor:
+    return torch.tensor([s.label for s in index.samples(split)], dtype=torch.long)
+
+
+def _feature_engine(model: Classifier, index: DatasetIndex, params: Params, *, device: torch.device,
+                    cache: FeatureCache, train_tf: Any, eval_tf: Any, losses: tuple) -> FeatureEngine:
+    t = params.train
+    extractor = Extractor.for_backbone(model.backbone.to(device), device, t.precision, num_workers=t.num_workers,
+                                       channels_last=t.channels_last and device.type == "cuda")
+    train_samples = index.samples("train")
+    views = []
+    for v in range(t.cache_views):
+        tf = eval_tf if v == 0 else train_tf
+        views.append(cache.features(extractor, index.root, train_samples, transform=tf,
+                                    view_seed=view_seed(t.seed, v), desc=f"train view {v}"))
+    val_x = cache.features(extractor, index.root, index.samples("valid"), transform=eval_tf,
+                           view_seed=None, desc="valid view 0")
+    return FeatureEngine(model.head, train_x=torch.stack(views), train_y=_labels(index, "train"),
+                         val_x=val_x, val_y=_labels(index, "valid"), params=t, device=device,
+                         loss_fn=losses[0], val_loss_fn=losses[1])
+
+
+def _image_batches(index: DatasetIndex, t, *, device: torch.device, spec, train_tf, eval_tf,
+                   cache: FeatureCache) -> BatchSource:
+    """Decoded uint8 images augmented on the device (CUDA by default), or a DataLoader over files."""
+    decoded = t.image_source == "decoded" or (t.image_source == "auto" and device.type == "cuda"
+                                              and t.augment == "seed")
+    if not decoded:
+        return LoaderBatches(ImageDataset(index.root, index.samples("train"), train_tf),
+                             ImageDataset(index.root, index.samples("valid"), eval_tf),
+                             device=device, num_workers=t.num_workers)
+    root = cache.root.parent / "decoded"
+    stores = [DecodedImages.build_or_open(root, index.root, index.samples(split), spec, num_workers=t.num_workers)
+              for split in ("train", "valid")]
+    return DecodedBatches(*stores, train_augment=DeviceAugment(spec, train=True, device=device),
+                          eval_augment=DeviceAugment(spec, train=False, device=device), device=device)
+
+
+def _check_splits(index: DatasetIndex) -> None:
+    for split in ("train", "valid"):
+        if not index.samples(split):
+            raise VitpipeError(f"the {split} split has no images; check data.source "
+                               f"(a train-only dataset gets valid/test from data.val_fraction/test_fraction).")
+
+
+def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
+                 cache: FeatureCache | None = None, started: float | None = None) -> dict[str, Any]:
+    """Trains per ``params`` on ``index``; writes the best model, the metrics and the history.
+
+    Returns the metrics written to ``outputs.metrics``.
+    """
+    started = time.perf_counter() if started is None else started
+    t = params.train
+    _check_splits(index)
+    if distributed.enabled() and t.uses_feature_cache:
+        raise VitpipeError("torchrun runs full fine-tuning; with a frozen backbone and train.cache_views > 0 "
+                           "the head trains in one process. Run without torchrun, or set train.freeze: none.")
+    device = distributed.setup(resolve_device(t.device))
+    configure(device)
+    seed_everything(t.seed)
+    model, info = build_model(params.model, len(index.classes), seed=t.seed)
+    spec = eval_spec(t.augment, info)
+    train_tf, eval_tf = build_train_transform(t.augment, spec, info), build_eval_transform(spec)
+    mixup = build_mixup(t, len(index.classes)) if not t.uses_feature_cache else None
+    losses = (build_loss(t, mixup=mixup is not None), build_loss(t, mixup=False))
+    frozen_all_run = t.freeze == "backbone" and t.unfreeze_epoch is None
+    set_backbone_trainable(model, not frozen_all_run)  # trainable while the optimizer collects params
+    if t.uses_feature_cache:
+        engine = _feature_engine(model, index, params, device=device, cache=cache or FeatureCache(),
+                                 train_tf=train_tf, eval_tf=eval_tf, losses=losses)
+    else:
+        batches = _image_batches(index, t, device=device, spec=spec, train_tf=train_tf, eval_tf=eval_tf,
+                                 cache=cache or FeatureCache())
+        engine = ImageEngine(model, batches=batches, params=t, device=device, loss_fn=losses[0],
+                             val_loss_fn=losses[1], mixup=mixup)
+    optimizer = build_optimizer(model.head if frozen_all_run else model, t, fused=device.type == "cuda")
+    set_backbone_trainable(model, t.freeze == "none")
+    scheduler = build_scheduler(optimizer, t)
+    ema = build_ema(engine.module, t)
+    progress = _resume_or_start(params, outputs, engine.module, optimizer, scheduler, ema)
+    epochs = tqdm(range(progress.next_epoch, t.epochs), desc="epochs", unit="epoch", initial=progress.next_epoch,
+                  total=t.epochs, disable=None if distributed.is_main() else True)
+    with logging_redirect_tqdm():  # the per-epoch log lines print above the bars
+        for epoch in epochs:
+            _run_epoch(epoch, engine, optimizer, scheduler, ema, progress)
+            if distributed.is_main():
+                save_checkpoint(outputs.checkpoint, params_hash=params.training_hash(),
+                                complete=epoch == t.epochs - 1, progress=progress, module=engine.module,
+                                optimizer=optimizer, scheduler=scheduler, ema=ema)
+            distributed.barrier()
+    metrics = {}
+    if distributed.is_main():
+        metrics = _write_results(params, index, outputs, model, engine, info, spec, progress, device, started)
+    distributed.teardown()
+    return metrics
+
+
+def _resume_or_start(params: Params, outputs: TrainOutputs, module, optimizer, scheduler, ema) -> Progress:
+    payload = load_checkpoint(outputs.checkpoint, params_hash=params.training_hash())
+    if payload is None:
+        return Progress()
+    progress = restore(payload, module=module, optimizer=optimizer, scheduler=scheduler, ema=ema)
+    logger.info("resuming from %s: epochs 0-%d done, best val accuracy %.4f (epoch %d)", outputs.checkpoint,
+                progress.next_epoch - 1, progress.best_accuracy, progress.best_epoch)
+    return progress
+
+
+def _run_epoch(epoch: int, engine, optimizer, scheduler, ema, progress: Progress) -> None:
+    lr = current_lr(optimizer)
+    train_loss, train_acc = engine.train_epoch(epoch, optimizer, ema)
+    scored = ema.module if ema is not None else engine.module
+    val_loss, val_acc = engine.evaluate(scored)
+    scheduler.step(epoch + 1)
+    progress.history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+                             "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr})
+    if val_acc > progress.best_accuracy:
+        progress.best_accuracy, progress.best_epoch = val_acc, epoch
+        progress.best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
+    progress.next_epoch = epoch + 1
+    logger.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g",
+                epoch, train_loss, train_acc, val_loss, val_acc, lr)
+
+
+def _write_results(params: Params, index: DatasetIndex, outputs: TrainOutputs, model: Classifier, engine,
+                   info, spec, progress: Progress, device: torch.device, started: float) -> dict[str, Any]:
+    t = params.train
+    target = model.head if isinstance(engine, FeatureEngine) else model
+    target.load_state_dict(progress.best_state)
+    feature_dtype = "bfloat16" if isinstance(engine, FeatureEngine) else None
+    card = card_for(index.classes, params.model, info, spec=spec, precision=t.precision, feature_dtype=feature_dtype)
+    save_model(outputs.model, model.cpu(), card)
+    write_csv(outputs.history, progress.history, columns=HISTORY_COLUMNS)
+    set_backbone_trainable(model, t.freeze == "none" or t.unfreeze_epoch is not None)
+    trainable, total = count_parameters(model)
+    metrics = {
+        "best_val_accuracy": progress.best_accuracy,
+        "best_epoch": progress.best_epoch,
+        "epochs": t.epochs,
+        "train_images": len(index.samples("train")),
+        "val_images": len(index.samples("valid")),
+        "engine": "feature-cache" if feature_dtype else "images",
+        "cache_views": t.cache_views if feature_dtype else 0,
+        "precision": t.precision,
+        "model": params.model.name,
+        "weights": info.weights_source,
+        "pretrained": params.model.pretrained,
+        "trainable_params": trainable,
+        "total_params": total,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "params_hash": params.training_hash(),
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(outputs.metrics, metrics)
+    logger.info("best val accuracy %.4f at epoch %d of %d (%d valid images); model in %s",
+                progress.best_accuracy, progress.best_epoch, t.epochs, metrics["val_images"], outputs.model)
+    return metrics

@@ -1,0 +1,157 @@
+"""`vitpipe bench`: the faithful tutorial loop, the markdown rows it appends, and the memory probe."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_params
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.scheduler import StepLRScheduler
+from torch import nn
+from torchvision import transforms as T
+
+from vitpipe.bench.bench import (
+    HEADER,
+    LOOP,
+    VITPIPE,
+    append_rows,
+    run_bench,
+    table_header,
+    table_rows,
+)
+from vitpipe.bench.memory import PeakMemory
+from vitpipe.bench.tutorial import build_recipe
+from vitpipe.cli import main
+from vitpipe.model.classifier import build_model
+from vitpipe.model.transforms import (
+    build_eval_transform,
+    build_train_transform,
+    eval_spec,
+)
+from vitpipe.train.recipe import current_lr
+
+ROW = re.compile(r"^\| (.+) \|$")
+COUNTS = {"train": 30, "valid": 12, "test": 12}  # conftest's tiny_data; 12 test images < one batch of 32
+
+
+def _table(path: Path) -> list[dict[str, str]]:
+    """The rows of the markdown table in ``path``, as column -> cell."""
+    lines = [m.group(1).split(" | ") for line in path.read_text().splitlines() if (m := ROW.match(line))]
+    header = lines[0]
+    return [dict(zip(header, cells)) for cells in lines[1:] if not cells[0].startswith("-")]
+
+
+def _fraction(cell: str) -> tuple[float, int, int]:
+    m = re.fullmatch(r"(\d\.\d\d) \((\d+)/(\d+)\)", cell)
+    assert m, cell
+    return float(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def test_bench_appends_both_methods(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    bench = run_bench(tiny_params(), tiny_data, out=out, data_name="tiny", loop_workers=0)
+    text = out.read_text()
+    assert text.startswith(HEADER)
+    rows = _table(out)
+    assert [r["method"] for r in rows] == [LOOP, VITPIPE]
+    for row in rows:
+        assert row["data (train/valid/test)"] == "tiny (30/12/12)"
+        assert row["epochs"] == "2"
+        for column, split in (("test acc", "test"), ("best val", "valid")):
+            accuracy, correct, total = _fraction(row[column])
+            assert total == COUNTS[split] and 0 <= correct <= total
+            assert accuracy == pytest.approx(correct / total, abs=0.005)
+        assert float(row["train s"]) >= 0 and float(row["recipe img/s"]) > 0
+        assert float(row["peak RSS MiB"]) > 0
+    assert rows[0]["speedup"] == "1.00x"
+    assert float(rows[1]["speedup"].rstrip("x")) > 0
+    loop, vit = bench.results
+    assert loop.backbone_images == 2 * (30 + 12)  # every train and valid image, every epoch
+    views = tiny_params().train.cache_views
+    assert vit.backbone_images == views * 30 + 12  # cache_views x train + valid, once
+    assert bench.speedup(vit) == pytest.approx(loop.seconds / vit.seconds)
+
+    append_rows(out, table_rows(bench))  # a second run joins the same table
+    assert out.read_text().count(table_header()[0]) == 1
+    assert [r["method"] for r in _table(out)] == [LOOP, VITPIPE, LOOP, VITPIPE]
+
+
+def test_append_starts_a_table_after_other_text(tmp_path: Path) -> None:
+    out = tmp_path / "B.md"
+    out.write_text("# Notes\n\nSome prose after the table.\n")
+    append_rows(out, ["| a | b |"])
+    lines = out.read_text().splitlines()
+    assert lines[:3] == ["# Notes", "", "Some prose after the table."]
+    assert lines[-3:] == table_header() + ["| a | b |"]
+
+
+def test_cli_bench_skip_loop(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("model: {head_hidden: 16}\ntrain: {num_workers: 0, batch_size: 8, epochs: 3}\n")
+    out = tmp_path / "BENCH.md"
+    code = main(["--params", str(params), "bench", "--data", str(tiny_data), "--out", str(out), "--epochs", "1",
+                 "--model", "test_vit", "--img-size", "32", "--skip-loop"])
+    assert code == 0
+    rows = _table(out)
+    assert [(r["method"], r["epochs"], r["speedup"]) for r in rows] == [(VITPIPE, "1", "-")]
+    assert rows[0]["test acc"] in capsys.readouterr().out
+
+
+def test_cli_bench_missing_data_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "B.md")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--data" in err and "not a folder" in err and "Traceback" not in err
+    assert not (tmp_path / "B.md").exists()
+
+
+def test_tutorial_recipe_is_vitpipes() -> None:
+    params = tiny_params()
+    recipe = build_recipe(params, 3, torch.device("cpu"))
+    reference, info = build_model(params.model, 3, seed=params.train.seed)
+    spec = eval_spec("seed", info)
+    assert repr(recipe.transforms["train"]) == repr(build_train_transform("seed", spec, info))
+    assert repr(recipe.transforms["valid"]) == repr(recipe.transforms["test"]) == repr(build_eval_transform(spec))
+    kinds = [type(t) for t in recipe.transforms["train"].transforms]
+    assert kinds == [T.RandomHorizontalFlip, T.RandomVerticalFlip, T.RandomApply, T.Resize, T.CenterCrop,
+                     T.ToTensor, T.Normalize, T.RandomErasing]
+    # Same head, same initial weights as the train stage's model (same seed).
+    head = recipe.model.head
+    assert [type(m) for m in head] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    assert (head[0].out_features, head[2].p, head[3].out_features) == (16, 0.3, 3)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(tensor, recipe.model.state_dict()[name]), name
+    assert not any(p.requires_grad for p in recipe.model.backbone.parameters())
+    assert isinstance(recipe.criterion, LabelSmoothingCrossEntropy) and recipe.criterion.smoothing == 0.1
+    optimizer = recipe.optimizer
+    assert type(optimizer) is torch.optim.Adam
+    assert all(g["lr"] == 1e-3 and g["weight_decay"] == 0.0 for g in optimizer.param_groups)
+    optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in head.parameters()}
+    assert isinstance(recipe.scheduler, StepLRScheduler)
+    lrs = []
+    for epoch in range(7):  # torch's StepLR(step_size=3, gamma=0.97), stepped once per epoch
+        lrs.append(current_lr(optimizer))
+        recipe.scheduler.step(epoch + 1)
+    assert lrs == pytest.approx([1e-3] * 3 + [0.97e-3] * 3 + [0.97 ** 2 * 1e-3])
+
+
+def test_peak_memory_sees_an_allocation() -> None:
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc")
+    with PeakMemory() as before:
+        pass
+    with PeakMemory() as mem:
+        block = b"\x01" * (64 << 20)  # 64 MiB, every page touched
+    del block
+    assert mem.rss_mib >= before.rss_mib + 60
+
+
+def test_the_default_benchmark_data_is_the_shared_butterflies():
+    from conftest import BUTTERFLIES
+
+    from vitpipe.bench.bench import DEFAULT_DATA
+    assert DEFAULT_DATA == BUTTERFLIES

@@ -1,0 +1,77 @@
+"""The evaluate stage: every test image scored, metrics checked against hand-computed values."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from conftest import tiny_params
+
+from vitpipe.errors import VitpipeError
+from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation, score
+from vitpipe.params import EvaluateParams
+from vitpipe.train.training import TrainOutputs, run_training
+
+
+def test_score_matches_a_hand_checked_toy_case():
+    # 6 images, 6 classes (so top-5 is not trivially 1). Rows: probabilities; labels below.
+    classes = tuple("abcdef")
+    probs = np.array([
+        [0.50, 0.20, 0.10, 0.10, 0.05, 0.05],  # label a: correct
+        [0.10, 0.60, 0.10, 0.10, 0.05, 0.05],  # label a: predicted b, a is 2nd -> in top-5
+        [0.05, 0.70, 0.10, 0.05, 0.05, 0.05],  # label b: correct
+        [0.40, 0.30, 0.10, 0.10, 0.06, 0.04],  # label c: predicted a, c in top-5
+        [0.30, 0.25, 0.20, 0.15, 0.09, 0.01],  # label f: predicted a, f is last -> NOT in top-5
+        [0.10, 0.10, 0.10, 0.10, 0.10, 0.50],  # label f: correct
+    ])
+    labels = np.array([0, 0, 1, 2, 5, 5])
+    metrics, rows = score(probs, labels, classes)
+    assert metrics["n_images"] == 6 and metrics["correct"] == 3 and metrics["accuracy"] == pytest.approx(0.5)
+    assert metrics["top5_accuracy"] == pytest.approx(5 / 6)
+    # per class (precision, recall): a (1/3, 1/2), b (1/2, 1), c (0, 0), d, e absent, f (1, 1/2)
+    # f1: a 0.4, b 2/3, c 0, d 0, e 0, f 2/3 -> macro over the 6 classes
+    assert metrics["macro_f1"] == pytest.approx((0.4 + 2 / 3 + 0 + 0 + 0 + 2 / 3) / 6)
+    expected_loss = -np.mean(np.log([0.50, 0.10, 0.70, 0.10, 0.01, 0.50]))
+    assert metrics["loss"] == pytest.approx(expected_loss)
+    a = metrics["per_class"]["a"]
+    assert (a["precision"], a["recall"], a["support"], a["correct"]) == (pytest.approx(1 / 3), 0.5, 2, 1)
+    assert metrics["per_class"]["d"]["support"] == 0
+    assert sum(r["support"] for r in rows) == 6 and sum(r["correct"] for r in rows) == metrics["correct"]
+
+
+def test_evaluate_scores_every_test_image_and_writes_consistent_files(tmp_path, tiny_index):
+    params = tiny_params(epochs=1)
+    train_out = TrainOutputs(tmp_path / "model.safetensors", tmp_path / "ckpt.pt", tmp_path / "train.json",
+                             tmp_path / "history.csv")
+    run_training(params, tiny_index, train_out)
+    outputs = EvalOutputs(tmp_path / "test.json", tmp_path / "per_class.csv", tmp_path / "predictions.csv")
+    metrics = run_evaluation(params, tiny_index, train_out.model, outputs)
+    n_test = len(tiny_index.samples("test"))
+    assert metrics["n_images"] == n_test == 12  # not a multiple of any batch size below
+    predictions = list(csv.DictReader(outputs.predictions.open()))
+    assert [p["path"] for p in predictions] == [s.path for s in tiny_index.samples("test")]
+    assert sum(p["actual"] == p["predicted"] for p in predictions) == metrics["correct"]
+    assert all(len(p["top5"].split("|")) == 3 for p in predictions)  # 3 classes
+    per_class = list(csv.DictReader(outputs.per_class.open()))
+    assert [r["class"] for r in per_class] == list(tiny_index.classes)
+    assert sum(int(r["support"]) for r in per_class) == n_test
+    assert json.loads(outputs.metrics.read_text())["n_images"] == n_test
+
+    # The image path (test-time augmentation) scores the same images and writes the same shapes.
+    with_tta = dataclasses.replace(params, evaluate=EvaluateParams(batch_size=5, tta=True))
+    tta = run_evaluation(with_tta, tiny_index, train_out.model, outputs)
+    assert tta["n_images"] == n_test and tta["tta"] is True
+
+
+def test_model_trained_on_other_classes_is_refused(tmp_path, tiny_index):
+    params = tiny_params(epochs=1)
+    train_out = TrainOutputs(tmp_path / "model.safetensors", tmp_path / "ckpt.pt", tmp_path / "train.json",
+                             tmp_path / "history.csv")
+    run_training(params, tiny_index, train_out)
+    renamed = dataclasses.replace(tiny_index, classes=("x", "y", "z"))
+    with pytest.raises(VitpipeError, match="rerun the train stage"):
+        run_evaluation(params, renamed, train_out.model,
+                       EvalOutputs(tmp_path / "t.json", tmp_path / "p.csv", tmp_path / "q.csv"))

@@ -1,0 +1,163 @@
+"""``vitpipe report``: dvc diffs, class tables and PNG plots, from a throw-away git + DVC repository."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vitpipe.cli import main
+from vitpipe.errors import VitpipeError
+from vitpipe.report.report import (
+    accuracy_changes,
+    confused_pairs,
+    md_table,
+    write_report,
+)
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+CLASSES = ("MONARCH", "PAPER KITE", "RED ADMIRAL")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+                   cwd=repo, check=True, capture_output=True)
+
+
+def _write_metrics(repo: Path, correct: dict[str, int], confusions: dict[str, str], lr: float) -> None:
+    """4 test images per class: ``correct[c]`` right, the rest predicted as ``confusions[c]``."""
+    metrics = repo / "metrics"
+    metrics.mkdir(exist_ok=True)
+    rows, preds = [], []
+    for name in CLASSES:
+        rows.append({"class": name, "accuracy": correct[name] / 4, "precision": 0.5, "recall": correct[name] / 4,
+                     "f1": 0.5, "correct": correct[name], "support": 4})
+        preds += [{"path": f"test/{name}/{i}.jpg", "actual": name,
+                   "predicted": name if i < correct[name] else confusions[name], "confidence": 0.5, "top5": name}
+                  for i in range(4)]
+    pd.DataFrame(rows).to_csv(metrics / "per_class.csv", index=False)
+    pd.DataFrame(preds).to_csv(metrics / "predictions.csv", index=False)
+    total = sum(correct.values())
+    per_class = {r["class"]: {"accuracy": r["accuracy"], "correct": r["correct"]} for r in rows}
+    (metrics / "test.json").write_text(json.dumps({"accuracy": total / 12, "correct": total, "per_class": per_class}))
+    pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [2.0, 1.5, 1.2], "train_accuracy": [0.3, 0.5, 0.6],
+                  "val_loss": [2.1, 1.7, 1.6], "val_accuracy": [0.3, 0.4, 0.5]}).to_csv(
+        metrics / "train_history.csv", index=False)
+    (repo / "params.yaml").write_text(f"train:\n  lr: {lr}\n")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Commit ``no-metrics`` (dvc init only), then metrics v1 (HEAD); the workspace holds v2."""
+    repo = tmp_path_factory.mktemp("repo")
+    _git(repo, "init", "-q", "-b", "main")
+    subprocess.run([DVC, "init", "-q"], cwd=repo, check=True, capture_output=True)
+    (repo / "dvc.yaml").write_text("metrics:\n  - metrics/test.json\nparams:\n  - params.yaml\n")
+    (repo / "params.yaml").write_text("train:\n  lr: 0.001\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "pipeline, no metrics yet")
+    _git(repo, "tag", "no-metrics")
+    _write_metrics(repo, {"MONARCH": 2, "PAPER KITE": 4, "RED ADMIRAL": 1},
+                   {"MONARCH": "PAPER KITE", "PAPER KITE": "MONARCH", "RED ADMIRAL": "MONARCH"}, lr=0.001)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "metrics v1")
+    _write_metrics(repo, {"MONARCH": 4, "PAPER KITE": 3, "RED ADMIRAL": 1},
+                   {"MONARCH": "PAPER KITE", "PAPER KITE": "RED ADMIRAL", "RED ADMIRAL": "PAPER KITE"}, lr=0.01)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def report(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    out = tmp_path_factory.mktemp("out") / "report.md"
+    write_report("HEAD", out, repo=repo, top=5)
+    return out.read_text(), out
+
+
+def test_the_report_holds_dvcs_metric_and_param_diff_tables(report):
+    text, _ = report
+    assert re.search(r"\| metrics/test.json\s*\| accuracy\s*\| 0\.58333\s*\| 0\.66667\s*\| 0\.08333", text)
+    assert re.search(r"\| params.yaml\s*\| train.lr\s*\| 0\.001\s*\| 0\.01\s*\|", text)
+    assert "Test accuracy: **0.6667 (8/12)**, `HEAD`: 0.5833 (7/12)" in text
+    headline, details = text.split("<details>")
+    assert "per_class." not in headline.split("## Metrics")[1]  # per-class rows are folded away
+    assert "Per-class accuracy that changed (2 classes)" in details
+    assert re.search(r"\| per_class.MONARCH.accuracy\s*\| 0\.5\s*\| 1\.0", details)
+    assert "2 other per-class metric(s) changed" in details  # MONARCH and PAPER KITE .correct
+
+
+def test_the_report_lists_the_changed_classes_worst_classes_and_confusions(report):
+    text, _ = report
+    changed = text.split("## Classes whose test accuracy changed most")[1].split("##")[0]
+    assert "| MONARCH | 0.500 | 1.000 | +0.500 |" in changed
+    assert "| PAPER KITE | 1.000 | 0.750 | -0.250 |" in changed
+    assert "RED ADMIRAL" not in changed  # unchanged
+    worst = text.split("## Worst classes")[1].split("##")[0]
+    assert worst.index("RED ADMIRAL") < worst.index("PAPER KITE") < worst.index("MONARCH")
+    confused = text.split("## Most confused pairs")[1].split("##")[0]
+    assert "| RED ADMIRAL | PAPER KITE | 3 | 75% | 0 |" in confused  # 0 at the base: a new confusion
+
+
+def test_the_plots_are_pngs_beside_the_report_and_linked_from_it(report):
+    text, out = report
+    links = re.findall(r"!\[[^]]+\]\(([^)]+)\)", text)
+    assert sorted(links) == ["report/confusion_matrix.png", "report/per_class_accuracy.png",
+                             "report/training_curves.png"]
+    for link in links:
+        assert (out.parent / link).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_base_without_metrics_is_said_and_the_current_numbers_still_render(repo, tmp_path):
+    out = tmp_path / "first.md"
+    write_report("no-metrics", out, repo=repo)
+    text = out.read_text()
+    assert "`no-metrics` has no metrics yet" in text
+    assert "Test accuracy: **0.6667 (8/12)**" in text
+    assert re.search(r"\| metrics/test.json\s*\| accuracy\s*\| -\s*\| 0\.66667", text)
+    assert "| RED ADMIRAL | PAPER KITE | 3 | 75% |" in text
+    assert (tmp_path / "first" / "confusion_matrix.png").is_file()
+
+
+def test_an_unknown_base_is_a_one_line_error(repo, tmp_path):
+    with pytest.raises(VitpipeError, match=r"--base no-such-branch: unknown git revision") as err:
+        write_report("no-such-branch", tmp_path / "r.md", repo=repo)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "r.md").exists()
+
+
+def test_outside_a_git_repository_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    with pytest.raises(VitpipeError, match="not inside a git repository"):
+        write_report("main", tmp_path / "r.md", repo=tmp_path)
+
+
+def test_a_plots_folder_that_holds_other_files_is_not_replaced(repo, tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "code.py").write_text("keep me")
+    with pytest.raises(VitpipeError, match="refusing to replace"):
+        write_report("HEAD", tmp_path / "src.md", repo=repo)
+    assert (tmp_path / "src" / "code.py").read_text() == "keep me"
+
+
+def test_the_cli_writes_the_report_and_turns_errors_into_status_2(repo, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(repo)
+    assert main(["report", "--base", "HEAD", "--out", str(tmp_path / "r.md"), "--top", "1"]) == 0
+    changed = (tmp_path / "r.md").read_text().split("changed most")[1].split("##")[0]
+    assert changed.count("| MONARCH |") == 1 and "PAPER KITE" not in changed  # --top 1
+    assert main(["report", "--base", "nope", "--out", str(tmp_path / "r2.md")]) == 2
+    assert "unknown git revision" in capsys.readouterr().err
+
+
+def test_table_helpers():
+    base = pd.DataFrame({"class": ["a", "b", "gone"], "accuracy": [0.5, 0.5, 1.0]})
+    now = pd.DataFrame({"class": ["a", "b", "new"], "accuracy": [0.5, 0.25, 0.0], "support": [2, 4, 1]})
+    changed = accuracy_changes(now, base, top=10)
+    assert list(changed["class"]) == ["gone", "new", "b"]  # appeared/vanished first, then by |change|
+    preds = pd.DataFrame({"actual": ["a", "a", "a", "b"], "predicted": ["b", "b", "a", "a"]})
+    pairs = confused_pairs(preds, top=5)
+    assert pairs[["actual", "predicted", "count"]].values.tolist() == [["a", "b", 2], ["b", "a", 1]]
+    assert pairs["share"].tolist() == pytest.approx([2 / 3, 1.0])
+    assert md_table(["x"], [["a|b"]]).splitlines()[-1] == "| a\\|b |"

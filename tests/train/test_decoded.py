@@ -1,0 +1,62 @@
+"""Decoded uint8 images with device augmentation (the GPU data path), checked on the CPU."""
+
+from __future__ import annotations
+
+import torch
+from conftest import tiny_params
+
+from vitpipe.data.torchdata import ImageDataset
+from vitpipe.model.classifier import build_model
+from vitpipe.model.transforms import build_eval_transform, eval_spec
+from vitpipe.params import ModelParams
+from vitpipe.train.decoded import DecodedImages, DeviceAugment
+from vitpipe.train.training import TrainOutputs, run_training
+
+CPU = torch.device("cpu")
+
+
+def _spec():
+    _, info = build_model(ModelParams(name="test_vit", img_size=32), 3, seed=0)
+    return eval_spec("seed", info)
+
+
+def test_decoded_eval_batches_equal_the_eval_transform(tmp_path, tiny_index):
+    spec = _spec()
+    samples = tiny_index.samples("valid")
+    store = DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=0)
+    images, labels = next(store.batches(torch.arange(len(samples)), 64, drop_last=False, device=CPU))
+    ours = DeviceAugment(spec, train=False, device=CPU)(images)  # (B, 3, 32, 32)
+    dataset = ImageDataset(tiny_index.root, samples, build_eval_transform(spec))
+    reference = torch.stack([dataset[i][0] for i in range(len(samples))])
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    assert labels.tolist() == [s.label for s in samples]
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=0)  # reopened, not rebuilt
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+
+def test_device_augmentation_flips_and_erases_per_image(tmp_path, tiny_index):
+    spec = _spec()
+    samples = tiny_index.samples("train")
+    store = DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=0)
+    images, _ = next(store.batches(torch.arange(len(samples)), 64, drop_last=False, device=CPU))
+    plain = DeviceAugment(spec, train=False, device=CPU)(images)
+    torch.manual_seed(0)
+    augmented = DeviceAugment(spec, train=True, device=CPU)(images)
+    assert augmented.shape == plain.shape
+    same = [torch.equal(a, p) for a, p in zip(augmented, plain)]
+    flipped = [torch.equal(a, p.flip(-1)) or torch.equal(a, p.flip(-2)) or torch.equal(a, p.flip(-1).flip(-2))
+               for a, p in zip(augmented, plain)]
+    assert any(same) and any(flipped) and not all(same)
+
+
+def test_full_fine_tune_on_decoded_images_is_deterministic(tmp_path, tiny_index):
+    params = tiny_params(freeze="none", epochs=2, image_source="decoded")
+    results = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        metrics = run_training(params, tiny_index, TrainOutputs(out / "m.safetensors", out / "c.pt",
+                                                                out / "t.json", out / "h.csv"))
+        assert metrics["engine"] == "images"
+        results.append(((out / "h.csv").read_text(), (out / "m.safetensors").read_bytes()))
+    assert results[0] == results[1]

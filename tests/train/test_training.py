@@ -1,0 +1,324 @@
+"""The train stage: the exact tutorial recipe, weights loading, fine-tune modes, resume."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import REPO, tiny_params
+from safetensors.torch import save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.loss import LabelSmoothingCrossEntropy
+from torch import nn
+from torchvision import transforms as T
+
+from vitpipe.errors import VitpipeError
+from vitpipe.model.classifier import build_model
+from vitpipe.model.model_file import load_model
+from vitpipe.model.transforms import (
+    build_eval_transform,
+    build_train_transform,
+    eval_spec,
+)
+from vitpipe.params import ModelParams, Params
+from vitpipe.train.recipe import build_loss, build_optimizer, build_scheduler
+from vitpipe.train.training import TrainOutputs, run_training
+
+
+def _outputs(path: Path) -> TrainOutputs:
+    return TrainOutputs(model=path / "model.safetensors", checkpoint=path / "ckpt" / "last.pt",
+                        metrics=path / "train.json", history=path / "history.csv")
+
+
+# --- the tutorial's recipe, exactly ---------------------------------------------------------------
+
+def test_recipe_builds_the_tutorials_transforms_head_loss_optimizer_and_schedule():
+    params = Params()  # the defaults in params.yaml
+    model, info = build_model(params.model, 50, seed=0)
+    spec = eval_spec("seed", info)
+    train_tf = build_train_transform("seed", spec, info).transforms
+    assert [type(t) for t in train_tf] == [T.RandomHorizontalFlip, T.RandomVerticalFlip, T.RandomApply, T.Resize,
+                                          T.CenterCrop, T.ToTensor, T.Normalize, T.RandomErasing]
+    assert train_tf[0].p == 0.5 and train_tf[1].p == 0.5
+    assert train_tf[2].p == 0.25 and isinstance(train_tf[2].transforms[0], T.ColorJitter)
+    jitter = train_tf[2].transforms[0]
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (None, None, None, None)
+    assert train_tf[3].size == 256 and train_tf[4].size == (224, 224)
+    assert tuple(train_tf[6].mean) == IMAGENET_DEFAULT_MEAN and tuple(train_tf[6].std) == IMAGENET_DEFAULT_STD
+    assert train_tf[7].p == 0.2 and train_tf[7].value == "random"
+    eval_tf = build_eval_transform(spec).transforms
+    assert [type(t) for t in eval_tf] == [T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
+    assert eval_tf[0].size == 256 and eval_tf[1].size == (224, 224)
+
+    head = model.head
+    assert [type(m) for m in head] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    assert (head[0].in_features, head[0].out_features, head[2].p, head[3].out_features) == (192, 512, 0.3, 50)
+
+    loss = build_loss(params.train, mixup=False)
+    assert isinstance(loss, LabelSmoothingCrossEntropy) and loss.smoothing == 0.1
+
+    optimizer = build_optimizer(model.head, params.train)
+    assert type(optimizer) is torch.optim.Adam
+    group_params = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert group_params == {id(p) for p in model.head.parameters()}
+    assert all(g["weight_decay"] == 0 for g in optimizer.param_groups)
+
+    scheduler = build_scheduler(optimizer, params.train)
+    reference = torch.optim.lr_scheduler.StepLR(torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1e-3),
+                                                step_size=3, gamma=0.97)
+    ours, theirs = [], []
+    for epoch in range(10):
+        ours.append(optimizer.param_groups[0]["lr"])
+        theirs.append(reference.get_last_lr()[0])
+        scheduler.step(epoch + 1)
+        reference.optimizer.step()
+        reference.step()
+    assert ours == pytest.approx(theirs, rel=1e-12)
+
+
+def test_frozen_backbone_is_frozen_and_in_eval_mode():
+    model, _ = build_model(ModelParams(name="test_vit", img_size=32), 3, seed=0)
+    from vitpipe.model.classifier import set_backbone_trainable
+
+    set_backbone_trainable(model, False)
+    model.train()
+    assert model.backbone_frozen and not model.backbone.training and model.head.training
+
+
+# --- weights ---------------------------------------------------------------------------------------
+
+def _backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_local_safetensors_weights_round_trip_to_identical_logits(tmp_path):
+    torch.manual_seed(123)
+    source = timm.create_model("test_vit", num_classes=0, img_size=32)
+    path = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model, info = build_model(ModelParams(name="test_vit", img_size=32, weights=str(path)), 3, seed=0)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(_backbone_features(model.backbone, x), _backbone_features(source, x))
+    assert info.weights_source == "file:backbone.safetensors"
+
+
+def test_timm_checkpoint_with_another_classifier_loads_from_pth(tmp_path):
+    torch.manual_seed(7)
+    source = timm.create_model("test_vit", num_classes=1000, img_size=32)  # ImageNet head: dropped
+    path = tmp_path / "deit.pth"
+    torch.save({"model": source.state_dict()}, path)  # the DeiT release layout
+    model, _ = build_model(ModelParams(name="test_vit", img_size=32, weights=str(path)), 5, seed=0)
+    source.reset_classifier(0)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(_backbone_features(model.backbone, x), _backbone_features(source, x))
+    assert model.head[-1].out_features == 5
+
+
+def test_weights_of_another_architecture_are_a_clear_error(tmp_path):
+    other = timm.create_model("resnet18", num_classes=0)
+    path = tmp_path / "resnet.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    with pytest.raises(VitpipeError, match=r"model.weights: .*resnet.safetensors does not match"):
+        build_model(ModelParams(name="test_vit", img_size=32, weights=str(path)), 3, seed=0)
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_pickle_with_code_in_it_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with path.open("wb") as f:
+        pickle.dump({"model": _Exploit(marker)}, f)
+    with pytest.raises(VitpipeError, match="weights_only=True"):
+        build_model(ModelParams(name="test_vit", img_size=32, weights=str(path)), 3, seed=0)
+    assert not marker.exists()
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(VitpipeError, match="does not exist"):
+        build_model(ModelParams(name="test_vit", weights=str(tmp_path / "nope.safetensors")), 3, seed=0)
+
+
+def test_offline_pretrained_gives_the_clear_message_at_once(monkeypatch, tmp_path):
+    """No network here: the Hub is unreachable, so timm's download fails in seconds, not after retries."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setattr("vitpipe.model.weights._hub_unreachable", lambda: "huggingface.co: unreachable (test)")
+    with pytest.raises(VitpipeError) as err:
+        build_model(ModelParams(name="test_vit", pretrained=True), 3, seed=0)
+    message = str(err.value)
+    assert "No pretrained weights could be downloaded for test_vit" in message
+    assert "model.pretrained: false" in message and "\n" not in message
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(VitpipeError, match="not a timm model"):
+        build_model(ModelParams(name="vit_imaginary"), 3, seed=0)
+
+
+# --- training modes ---------------------------------------------------------------------------------
+
+def test_feature_cache_training_writes_model_metrics_and_history(tmp_path, tiny_index):
+    metrics = run_training(tiny_params(), tiny_index, _outputs(tmp_path))
+    assert metrics["engine"] == "feature-cache" and metrics["pretrained"] is False
+    assert 0 <= metrics["best_val_accuracy"] <= 1 and metrics["val_images"] == 12
+    assert metrics["trainable_params"] < metrics["total_params"]
+    saved = json.loads((tmp_path / "train.json").read_text())
+    assert saved.keys() == metrics.keys()
+    assert saved["best_val_accuracy"] == pytest.approx(metrics["best_val_accuracy"], abs=1e-6)
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert float(rows[metrics["best_epoch"]]["val_accuracy"]) == pytest.approx(metrics["best_val_accuracy"], abs=1e-6)
+    model, card = load_model(tmp_path / "model.safetensors")
+    assert card.classes == tiny_index.classes and card.feature_dtype == "bfloat16"
+
+
+def test_full_fine_tune_updates_the_backbone(tmp_path, tiny_index):
+    params = tiny_params(freeze="none", epochs=1)
+    before, _ = build_model(params.model, 3, seed=params.train.seed)
+    metrics = run_training(params, tiny_index, _outputs(tmp_path))
+    after, _ = load_model(tmp_path / "model.safetensors")
+    assert metrics["engine"] == "images" and metrics["trainable_params"] == metrics["total_params"]
+    assert not torch.equal(before.backbone.patch_embed.proj.weight, after.backbone.patch_embed.proj.weight)
+
+
+def test_unfreeze_trains_the_head_first_then_everything(tmp_path, tiny_index, caplog):
+    params = tiny_params(unfreeze_epoch=1, epochs=2, backbone_lr_scale=0.1)
+    caplog.set_level("INFO")
+    metrics = run_training(params, tiny_index, _outputs(tmp_path))
+    assert "epoch 1: unfreezing the backbone" in caplog.text
+    assert metrics["engine"] == "images" and metrics["trainable_params"] == metrics["total_params"]
+
+
+def test_modern_recipe_options_run_together(tmp_path, tiny_index):
+    params = tiny_params(freeze="none", epochs=3, optimizer="adamw", weight_decay=0.05, scheduler="cosine",
+                         warmup_epochs=1, mixup=0.2, cutmix=0.2, ema_decay=0.9, grad_clip=1.0, layer_decay=0.75,
+                         augment="timm", label_smoothing=0.1)
+    run_training(params, tiny_index, _outputs(tmp_path))
+    lrs = [float(r["lr"]) for r in csv.DictReader((tmp_path / "history.csv").open())]
+    assert lrs[0] == pytest.approx(1e-5)  # warmup starts at lr / 100
+    # then timm's cosine over all 3 epochs (warmup not a prefix, as in timm's train.py)
+    assert lrs[1] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi / 3))) and lrs[2] < lrs[1]
+
+
+# --- determinism, checkpoints and resume -----------------------------------------------------------
+
+_TRAIN_SCRIPT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import tiny_params
+from vitpipe.data.index import DatasetIndex
+from vitpipe.logs import run_stage
+from vitpipe.train.training import TrainOutputs, run_training
+out = Path(sys.argv[1])
+params = tiny_params(**json.loads(sys.argv[2]))
+outputs = TrainOutputs(out / "model.safetensors", out / "ckpt" / "last.pt", out / "train.json", out / "history.csv")
+raise SystemExit(run_stage(lambda: run_training(params, DatasetIndex.load(sys.argv[3]), outputs) and 0))
+"""
+
+
+def _train_process(out: Path, index_path: Path, overrides: dict) -> subprocess.Popen:
+    script = _TRAIN_SCRIPT.format(tests=str(REPO / "tests"))
+    return subprocess.Popen([sys.executable, "-c", script, str(out), json.dumps(overrides), str(index_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _results(out: Path) -> tuple[str, bytes, dict]:
+    metrics = json.loads((out / "train.json").read_text())
+    metrics.pop("train_seconds")
+    return (out / "history.csv").read_text(), (out / "model.safetensors").read_bytes(), metrics
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_lands_on_the_same_metrics(tmp_path, tiny_index):
+    index_path = tmp_path / "index.json"
+    tiny_index.save(index_path)
+    overrides = {"freeze": "none", "epochs": 6, "ema_decay": 0.5}
+    reference = _train_process(tmp_path / "reference", index_path, overrides)
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+
+    killed_dir = tmp_path / "killed"
+    proc = _train_process(killed_dir, index_path, overrides)
+    checkpoint = killed_dir / "ckpt" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(checkpoint, weights_only=True)
+    assert not state["complete"] and state["progress"]["next_epoch"] < 6, "the run finished before the kill"
+    assert not (killed_dir / "train.json").exists()
+
+    resumed = _train_process(killed_dir, index_path, overrides)
+    assert resumed.wait(timeout=300) == 0
+    log = resumed.stdout.read()
+    assert "resuming from" in log, log
+    assert _results(killed_dir) == _results(tmp_path / "reference")
+
+
+def test_a_checkpoint_of_other_params_is_not_resumed(tmp_path, tiny_index, caplog):
+    caplog.set_level("INFO")
+    run_training(tiny_params(), tiny_index, _outputs(tmp_path))
+    first = (tmp_path / "history.csv").read_text()
+    run_training(tiny_params(), tiny_index, _outputs(tmp_path))  # `dvc repro --force`
+    assert "finished run; training again from scratch" in caplog.text
+    assert (tmp_path / "history.csv").read_text() == first
+    run_training(tiny_params(lr=5e-4), tiny_index, _outputs(tmp_path))  # `dvc exp run -S train.lr=5e-4`
+    assert "made with other params; starting fresh" in caplog.text
+    assert (tmp_path / "history.csv").read_text() != first
+
+
+def test_same_seed_same_bytes_on_cpu(tmp_path, tiny_index):
+    params = tiny_params(freeze="none", epochs=1)
+    run_training(params, tiny_index, _outputs(tmp_path / "a"))
+    run_training(params, tiny_index, _outputs(tmp_path / "b"))
+    assert _results(tmp_path / "a") == _results(tmp_path / "b")
+
+
+def test_cuda_requested_without_a_gpu_is_a_clear_error(tmp_path, tiny_index):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(VitpipeError, match="train.device: cuda but no CUDA device"):
+        run_training(tiny_params(device="cuda"), tiny_index, _outputs(tmp_path))
+
+
+def test_empty_valid_split_is_a_clear_error(tmp_path, tiny_index):
+    index = dataclasses.replace(tiny_index, splits={**tiny_index.splits, "valid": ()})
+    with pytest.raises(VitpipeError, match="the valid split has no images"):
+        run_training(tiny_params(), index, _outputs(tmp_path))
+
+
+def test_torchrun_refuses_the_single_process_feature_cache(monkeypatch, tmp_path, tiny_index):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(VitpipeError, match="torchrun"):
+        run_training(tiny_params(), tiny_index, _outputs(tmp_path))
+
+
+def test_stage_script_turns_bad_params_into_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("train:\n  lr: -1\n")
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--index", "x", "--model", "m",
+                           "--checkpoint", "c", "--metrics", "t", "--history", "h"], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if "ERROR" in ln] == [
+        next(ln for ln in proc.stderr.splitlines() if "train.lr must be > 0" in ln)]
