@@ -107,3 +107,36 @@ def test_training_hash_ignores_speed_settings_only():
     other = parse_params({"train": {"lr": 5e-4}})
     assert base.training_hash() == same.training_hash()
     assert base.training_hash() != other.training_hash()
+
+
+def _yaml_comments() -> dict[str, str]:
+    """Dotted key -> the comment on its line in params.yaml ('' when it has none)."""
+    import re
+
+    comments, stack = {}, []
+    for line in (REPO / "params.yaml").read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^( *)([A-Za-z_0-9]+):(?: +[^#]*?)?(?: +# (.*))?$", line)
+        if not m:
+            continue
+        stack = stack[: len(m.group(1)) // 2] + [m.group(2)]
+        comments[".".join(stack)] = m.group(3) or ""
+    return comments
+
+
+def test_params_yaml_comments_are_the_fields_help():
+    """One source for param docs: every key's comment in params.yaml is its field's help text."""
+    from vitpipe.params import param_rows
+
+    comments = _yaml_comments()
+    wrong = {key: (comments.get(key), text) for key, _, text in param_rows() if comments.get(key) != text}
+    assert not wrong, f"params.yaml comments differ from the help in src/vitpipe/params.py: {wrong}"
+
+
+def test_readme_parameter_tables_are_generated_from_the_fields_help():
+    from vitpipe.params import reference_markdown
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- params:begin", 1)[1].split("-->", 1)[1].split("<!-- params:end -->")[0]
+    assert block.strip() == reference_markdown().strip(), (
+        "README.md's parameter tables are stale; replace the block between the params markers with "
+        "`python -c 'from vitpipe.params import reference_markdown; print(reference_markdown())'`")
