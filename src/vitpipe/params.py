@@ -131,14 +131,23 @@ class TrainParams:
         if self.image_source == "decoded" and self.augment != "seed":
             _fail("train.image_source", "decoded needs train.augment: seed (timm's crops need full images)",
                   self.image_source)
-        if self.layer_decay is not None and self.freeze == "backbone" and self.unfreeze_epoch is None:
+        if self.layer_decay is not None and not self.backbone_ever_trains:
             _fail("train.layer_decay", "needs a trained backbone (train.freeze: none or train.unfreeze_epoch)",
                   self.layer_decay)
+
+    def backbone_trains(self, epoch: int) -> bool:
+        """Whether the backbone takes gradients in ``epoch`` (``freeze: none``, or from ``unfreeze_epoch`` on)."""
+        return self.freeze == "none" or (self.unfreeze_epoch is not None and epoch >= self.unfreeze_epoch)
+
+    @property
+    def backbone_ever_trains(self) -> bool:
+        """Whether the backbone takes gradients in any epoch of the run."""
+        return self.backbone_trains(self.epochs - 1)
 
     @property
     def uses_feature_cache(self) -> bool:
         """Whether the backbone stays frozen for the whole run and its features are cached."""
-        return self.freeze == "backbone" and self.unfreeze_epoch is None and self.cache_views > 0
+        return not self.backbone_ever_trains and self.cache_views > 0
 
 
 @dataclass(frozen=True)

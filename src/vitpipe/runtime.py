@@ -7,6 +7,7 @@ import logging
 import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,8 +32,22 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def device_name(device: torch.device) -> str:
-    """``cpu`` or the GPU's marketing name, for metrics/train.json."""
+    """``cpu`` or the GPU's marketing name, for metrics/train.json (the same on every CPU host)."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def describe_device(device: torch.device) -> str:
+    """:func:`device_name`, with a CPU's model and the cores this process may use (for benchmarks)."""
+    if device.type == "cuda":
+        return device_name(device)
+    model = "CPU"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

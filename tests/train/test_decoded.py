@@ -60,3 +60,16 @@ def test_full_fine_tune_on_decoded_images_is_deterministic(tmp_path, tiny_index)
         assert metrics["engine"] == "images"
         results.append(((out / "h.csv").read_text(), (out / "m.safetensors").read_bytes()))
     assert results[0] == results[1]
+
+
+def test_a_damaged_store_is_decoded_again(tmp_path, tiny_index, caplog):
+    spec = _spec()
+    samples = tiny_index.samples("valid")
+    DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=0)
+    path = next(tmp_path.glob("*.npy"))
+    good = path.read_bytes()
+    for damage in (good[:100], b"not an npy file", good[: len(good) // 2]):
+        path.write_bytes(damage)
+        store = DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=0)
+        assert len(store) == len(samples) and path.read_bytes() == good
+    assert "decoding again" in caplog.text

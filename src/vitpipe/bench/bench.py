@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
 from vitpipe.fileio import write_text
 from vitpipe.model.features import Extractor, FeatureCache
 from vitpipe.params import DataParams, Params, parse_params
-from vitpipe.runtime import resolve_device
+from vitpipe.runtime import describe_device, resolve_device
 from vitpipe.train.training import TrainOutputs, run_training
 
 logger = logging.getLogger(__name__)
@@ -133,20 +132,6 @@ def resolve_data(data: Path | None, params: DataParams, scratch: Path) -> tuple[
     generate(root, params.synthetic, seed=params.seed)
     s = params.synthetic
     return root, f"synthetic ({s.classes} classes, {s.image_size} px)"
-
-
-def describe_device(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model and the cores this process may use."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = "CPU"
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores"
 
 
 class _TimedCache(FeatureCache):

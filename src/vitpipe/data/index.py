@@ -9,6 +9,7 @@ This module imports no torch: the download and split-check stages use it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,18 @@ class Sample:
     sha256: str
 
 
+def samples_digest(samples: Sequence[Sample], *, labels: bool = False, seed: str = "") -> str:
+    """SHA-256 over the ordered (path, content hash[, label]) of ``samples``, after ``seed``.
+
+    The one way vitpipe identifies a list of images: the dataset index, the feature cache and the
+    decoded-image store all key on it, so a renamed, edited, added or removed image changes it.
+    """
+    digest = hashlib.sha256(seed.encode())
+    for s in samples:
+        digest.update(f"{s.path}\0{s.sha256}{f'{chr(0)}{s.label}' if labels else ''}\n".encode())
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class DatasetIndex:
     """Classes (index = label) and the samples of each split, relative to ``root``."""
@@ -44,10 +57,7 @@ class DatasetIndex:
 
     def fingerprint(self, split: str) -> str:
         """Hash of the ordered (path, label, content) list of ``split``: it changes when any image does."""
-        digest = hashlib.sha256()
-        for s in self.samples(split):
-            digest.update(f"{s.path}\0{s.label}\0{s.sha256}\n".encode())
-        return digest.hexdigest()
+        return samples_digest(self.samples(split), labels=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written to ``data/index.json``."""

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vitpipe.data.index import Sample
+from vitpipe.data.index import Sample, samples_digest
 from vitpipe.data.torchdata import ImageDataset
 from vitpipe.fileio import atomic_path
 from vitpipe.runtime import autocast, derive_seed
@@ -120,7 +120,7 @@ class FeatureCache:
             "device_type": extractor.device.type,
             "transform": repr(transform),
             "view_seed": view_seed,
-            "images": _samples_digest(samples),
+            "images": samples_digest(samples),
         }
         key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
         path = self.root / f"{key}.safetensors"
@@ -139,13 +139,6 @@ class FeatureCache:
                       metadata={"key": json.dumps(key_parts, sort_keys=True)})
         logger.info("%s: computed %d features", desc, len(samples))
         return feats
-
-
-def _samples_digest(samples: Sequence[Sample]) -> str:
-    digest = hashlib.sha256()
-    for s in samples:
-        digest.update(f"{s.path}\0{s.sha256}\n".encode())
-    return digest.hexdigest()
 
 
 def view_seed(seed: int, view: int) -> int | None:

@@ -12,7 +12,6 @@ crop of the full image, which a centre-cropped store cannot provide.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,7 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from vitpipe.data.images import load_rgb
-from vitpipe.data.index import Sample
+from vitpipe.data.index import Sample, samples_digest
 from vitpipe.fileio import atomic_path, write_json
 from vitpipe.model.transforms import INTERPOLATION, EvalSpec
 
@@ -50,38 +49,56 @@ class _Crops(Dataset):
 class DecodedImages:
     """A split's images as an (N, S, S, 3) uint8 memory map, with their labels."""
 
-    def __init__(self, path: Path, labels: torch.Tensor, size: int):
-        self.labels = labels
-        self.array = np.lib.format.open_memmap(path, mode="r")  # (N, S, S, 3) uint8
-        assert self.array.shape == (len(labels), size, size, 3), f"{path}: unexpected shape {self.array.shape}"
+    def __init__(self, array: np.ndarray, labels: torch.Tensor):
+        self.array, self.labels = array, labels  # (N, S, S, 3) uint8 memory map, (N,)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @staticmethod
+    def _open(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The store at ``path`` if it is readable and has ``shape``; None (with a warning) if damaged."""
+        if not path.is_file():
+            return None
+        try:
+            array = np.lib.format.open_memmap(path, mode="r")
+        except (OSError, ValueError) as exc:  # truncated header, not an .npy file
+            logger.warning("decoded-image store %s is unreadable (%s); decoding again", path, exc)
+            return None
+        if array.shape != shape or array.dtype != np.uint8:
+            logger.warning("decoded-image store %s holds %s %s, expected %s uint8; decoding again",
+                           path, array.shape, array.dtype, shape)
+            return None
+        return array
+
     @classmethod
     def build_or_open(cls, cache_root: Path, root: Path, samples: Sequence[Sample], spec: EvalSpec, *,
                       num_workers: int) -> DecodedImages:
-        """Opens the cached store for these images and spec, or decodes them into a new one."""
-        digest = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode())
-        for s in samples:
-            digest.update(f"{s.path}\0{s.sha256}\n".encode())
-        path = Path(cache_root) / f"{digest.hexdigest()[:32]}.npy"
+        """Opens the cached store for these images and spec, or decodes them into a new one.
+
+        A damaged store (unreadable, or of another shape) is decoded again, as a damaged feature-cache
+        entry is recomputed.
+        """
+        key = samples_digest(samples, seed=json.dumps(spec.to_dict(), sort_keys=True))
+        path = Path(cache_root) / f"{key[:32]}.npy"
         labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-        if not path.is_file():
+        shape = (len(samples), spec.crop, spec.crop, 3)
+        array = cls._open(path, shape)
+        if array is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                                  shape=(len(samples), spec.crop, spec.crop, 3))
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
                 loader = DataLoader(_Crops(root, samples, spec), batch_size=64, num_workers=num_workers)
                 at = 0
                 for batch in tqdm(loader, desc="decoding", unit="batch", leave=False, disable=None):
-                    array[at:at + len(batch)] = batch.numpy()
+                    out[at:at + len(batch)] = batch.numpy()
                     at += len(batch)
-                array.flush()
-                del array
+                out.flush()
+                del out
             write_json(path.with_suffix(".json"), {"images": len(samples), "spec": spec.to_dict()})
             logger.info("decoded %d images once into %s", len(samples), path)
-        return cls(path, labels, spec.crop)
+            array = np.lib.format.open_memmap(path, mode="r")
+        return cls(array, labels)
 
     def batches(self, order: torch.Tensor, batch_size: int, *, drop_last: bool,
                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,19 +1,20 @@
-"""The two ways an epoch is run: on cached backbone features, or on images through the model.
+"""The two ways an epoch is run (:class:`Engine`): on cached backbone features, or on images through the model.
 
-Both expose ``module`` (what the optimizer updates), ``train_epoch`` and ``evaluate``. Each epoch's
-randomness (shuffling, views, dropout, augmentation) is seeded from (train.seed, epoch) alone.
+Each epoch's randomness (shuffling, views, dropout, augmentation) is seeded from (train.seed, epoch) alone.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from vitpipe.model.classifier import Classifier, set_backbone_trainable
+from vitpipe.model.features import STORAGE_DTYPE
 from vitpipe.params import TrainParams
 from vitpipe.runtime import autocast, derive_seed
 from vitpipe.train import distributed
@@ -43,6 +44,24 @@ class Totals:
         return self.loss / self.count, self.correct / self.count
 
 
+class Engine(Protocol):
+    """How the epochs of a run are executed.
+
+    ``module`` is what the optimizer updates and what is checkpointed (the head alone, or the whole
+    classifier); ``feature_dtype`` is the dtype the head was fed when it trained on stored features
+    (saved in the model card so evaluate and predict feed it the same), None when it saw the backbone live.
+    """
+
+    name: ClassVar[str]  # metrics/train.json's "engine"
+    module: nn.Module
+    feature_dtype: ClassVar[torch.dtype | None]
+
+    def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer,
+                    ema: nn.Module | None) -> tuple[float, float]: ...
+
+    def evaluate(self, module: nn.Module) -> tuple[float, float]: ...
+
+
 def _step(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer, *,
           grad_clip: float, ema: nn.Module | None) -> None:
     optimizer.zero_grad(set_to_none=True)
@@ -60,6 +79,9 @@ class FeatureEngine:
     Each epoch shuffles the images and gives each one a view drawn at random, so the head sees
     as many augmentations as there are views, in the recipe's batches of ``batch_size``.
     """
+
+    name = "feature-cache"
+    feature_dtype = STORAGE_DTYPE
 
     def __init__(self, head: nn.Module, *, train_x: torch.Tensor, train_y: torch.Tensor,
                  val_x: torch.Tensor, val_y: torch.Tensor, params: TrainParams, device: torch.device,
@@ -102,6 +124,9 @@ class FeatureEngine:
 class ImageEngine:
     """Trains on images: the tutorial's loop with a frozen backbone, or a (partial) fine-tune."""
 
+    name = "images"
+    feature_dtype = None
+
     def __init__(self, model: Classifier, *, batches: BatchSource, params: TrainParams, device: torch.device,
                  loss_fn: nn.Module, val_loss_fn: nn.Module, mixup=None):
         self.module = model.to(device)
@@ -120,8 +145,7 @@ class ImageEngine:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> tuple[float, float]:
-        unfreeze = self.params.unfreeze_epoch
-        if self.params.freeze == "none" or (unfreeze is not None and epoch >= unfreeze):
+        if self.params.backbone_trains(epoch):
             if self.module.backbone_frozen:
                 logger.info("epoch %d: unfreezing the backbone", epoch)
                 set_backbone_trainable(self.module, True)

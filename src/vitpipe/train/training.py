@@ -19,6 +19,7 @@ from vitpipe.errors import VitpipeError
 from vitpipe.fileio import write_csv, write_json
 from vitpipe.model.classifier import (
     Classifier,
+    ModelInfo,
     build_model,
     count_parameters,
     set_backbone_trainable,
@@ -40,7 +41,7 @@ from vitpipe.train import distributed
 from vitpipe.train.batches import BatchSource, DecodedBatches, LoaderBatches
 from vitpipe.train.checkpoint import Progress, load_checkpoint, restore, save_checkpoint
 from vitpipe.train.decoded import DecodedImages, DeviceAugment
-from vitpipe.train.engines import FeatureEngine, ImageEngine
+from vitpipe.train.engines import Engine, FeatureEngine, ImageEngine
 from vitpipe.train.recipe import (
     build_ema,
     build_loss,
@@ -130,8 +131,7 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     train_tf, eval_tf = build_train_transform(t.augment, spec, info), build_eval_transform(spec)
     mixup = build_mixup(t, len(index.classes)) if not t.uses_feature_cache else None
     losses = (build_loss(t, mixup=mixup is not None), build_loss(t, mixup=False))
-    frozen_all_run = t.freeze == "backbone" and t.unfreeze_epoch is None
-    set_backbone_trainable(model, not frozen_all_run)  # trainable while the optimizer collects params
+    engine: Engine
     if t.uses_feature_cache:
         engine = _feature_engine(model, index, params, device=device, cache=cache or FeatureCache(),
                                  train_tf=train_tf, eval_tf=eval_tf, losses=losses)
@@ -140,8 +140,11 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
                                  cache=cache or FeatureCache())
         engine = ImageEngine(model, batches=batches, params=t, device=device, loss_fn=losses[0],
                              val_loss_fn=losses[1], mixup=mixup)
-    optimizer = build_optimizer(model.head if frozen_all_run else model, t, fused=device.type == "cuda")
-    set_backbone_trainable(model, t.freeze == "none")
+    # The optimizer collects every parameter that trains at some point of the run, then the backbone
+    # starts frozen unless it trains from the first epoch (the engine unfreezes it when its epoch comes).
+    set_backbone_trainable(model, t.backbone_ever_trains)
+    optimizer = build_optimizer(model if t.backbone_ever_trains else model.head, t, fused=device.type == "cuda")
+    set_backbone_trainable(model, t.backbone_trains(0))
     scheduler = build_scheduler(optimizer, t)
     ema = build_ema(engine.module, t)
     progress = _resume_or_start(params, outputs, engine.module, optimizer, scheduler, ema)
@@ -157,7 +160,15 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
             distributed.barrier()
     metrics = {}
     if distributed.is_main():
-        metrics = _write_results(params, index, outputs, model, engine, info, spec, progress, device, started)
+        engine.module.load_state_dict(progress.best_state)
+        card = card_for(index.classes, params.model, info, spec=spec, precision=t.precision,
+                        feature_dtype=_dtype_name(engine.feature_dtype))
+        save_model(outputs.model, model.cpu(), card)
+        write_csv(outputs.history, progress.history, columns=HISTORY_COLUMNS)
+        metrics = _metrics(params, index, model, engine, info, progress, device, started)
+        write_json(outputs.metrics, metrics)
+        logger.info("best val accuracy %.4f at epoch %d of %d (%d valid images); model in %s",
+                    progress.best_accuracy, progress.best_epoch, t.epochs, metrics["val_images"], outputs.model)
     distributed.teardown()
     return metrics
 
@@ -188,25 +199,24 @@ def _run_epoch(epoch: int, engine, optimizer, scheduler, ema, progress: Progress
                 epoch, train_loss, train_acc, val_loss, val_acc, lr)
 
 
-def _write_results(params: Params, index: DatasetIndex, outputs: TrainOutputs, model: Classifier, engine,
-                   info, spec, progress: Progress, device: torch.device, started: float) -> dict[str, Any]:
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Engine, info: ModelInfo,
+             progress: Progress, device: torch.device, started: float) -> dict[str, Any]:
+    """metrics/train.json: the best epoch, what was trained on what, and the provenance."""
     t = params.train
-    target = model.head if isinstance(engine, FeatureEngine) else model
-    target.load_state_dict(progress.best_state)
-    feature_dtype = "bfloat16" if isinstance(engine, FeatureEngine) else None
-    card = card_for(index.classes, params.model, info, spec=spec, precision=t.precision, feature_dtype=feature_dtype)
-    save_model(outputs.model, model.cpu(), card)
-    write_csv(outputs.history, progress.history, columns=HISTORY_COLUMNS)
-    set_backbone_trainable(model, t.freeze == "none" or t.unfreeze_epoch is not None)
+    set_backbone_trainable(model, t.backbone_ever_trains)  # count what the run trained, not the last state
     trainable, total = count_parameters(model)
-    metrics = {
+    return {
         "best_val_accuracy": progress.best_accuracy,
         "best_epoch": progress.best_epoch,
         "epochs": t.epochs,
         "train_images": len(index.samples("train")),
         "val_images": len(index.samples("valid")),
-        "engine": "feature-cache" if feature_dtype else "images",
-        "cache_views": t.cache_views if feature_dtype else 0,
+        "engine": engine.name,
+        "cache_views": t.cache_views if engine.feature_dtype is not None else 0,
         "precision": t.precision,
         "model": params.model.name,
         "weights": info.weights_source,
@@ -219,7 +229,3 @@ def _write_results(params: Params, index: DatasetIndex, outputs: TrainOutputs, m
         "params_hash": params.training_hash(),
         "train_seconds": round(time.perf_counter() - started, 1),
     }
-    write_json(outputs.metrics, metrics)
-    logger.info("best val accuracy %.4f at epoch %d of %d (%d valid images); model in %s",
-                progress.best_accuracy, progress.best_epoch, t.epochs, metrics["val_images"], outputs.model)
-    return metrics
