@@ -9,7 +9,7 @@ This module imports no torch: the download and split-check stages use it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ class DatasetIndex:
     root: Path
     classes: tuple[str, ...]
     splits: dict[str, tuple[Sample, ...]]
+    class_aliases: dict[str, str] = field(default_factory=dict)  # folder name -> class (data.class_aliases)
+    dropped_classes: tuple[str, ...] = ()  # classes left out of every split (data.drop_classes)
 
     def samples(self, split: str) -> tuple[Sample, ...]:
         """The samples of ``split``; an unknown split is a :class:`VitpipeError`."""
@@ -54,6 +56,8 @@ class DatasetIndex:
         return {
             "root": self.root.as_posix(),
             "classes": list(self.classes),
+            "class_aliases": dict(sorted(self.class_aliases.items())),
+            "dropped_classes": list(self.dropped_classes),
             "splits": {name: [[s.path, s.label, s.sha256] for s in samples]
                        for name, samples in self.splits.items()},
         }
@@ -73,6 +77,8 @@ class DatasetIndex:
                 classes=tuple(raw["classes"]),
                 splits={name: tuple(Sample(p, int(lbl), h) for p, lbl, h in rows)
                         for name, rows in raw["splits"].items()},
+                class_aliases=dict(raw.get("class_aliases", {})),
+                dropped_classes=tuple(raw.get("dropped_classes", ())),
             )
         except FileNotFoundError:
             raise VitpipeError(f"{path}: not found. Run the split-check stage first "
