@@ -47,6 +47,7 @@ from vitpipe.train.recipe import (
     build_mixup,
     build_optimizer,
     build_scheduler,
+    class_weights,
     current_lr,
 )
 
@@ -129,7 +130,8 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     spec = eval_spec(t.augment, info)
     train_tf, eval_tf = build_train_transform(t.augment, spec, info), build_eval_transform(spec)
     mixup = build_mixup(t, len(index.classes)) if not t.uses_feature_cache else None
-    losses = (build_loss(t, mixup=mixup is not None), build_loss(t, mixup=False))
+    weight = class_weights(t, _labels(index, "train"), len(index.classes))
+    losses = (build_loss(t, mixup=mixup is not None, weight=weight).to(device), build_loss(t, mixup=False))
     frozen_all_run = t.freeze == "backbone" and t.unfreeze_epoch is None
     set_backbone_trainable(model, not frozen_all_run)  # trainable while the optimizer collects params
     if t.uses_feature_cache:
@@ -207,6 +209,7 @@ def _write_results(params: Params, index: DatasetIndex, outputs: TrainOutputs, m
         "val_images": len(index.samples("valid")),
         "engine": "feature-cache" if feature_dtype else "images",
         "cache_views": t.cache_views if feature_dtype else 0,
+        "class_weights": t.class_weights,
         "precision": t.precision,
         "model": params.model.name,
         "weights": info.weights_source,
