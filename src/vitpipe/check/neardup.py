@@ -3,11 +3,11 @@
 Each decoded image gets ImageHash's 64-bit pHash (:func:`perceptual_hash`, computed by
 :mod:`vitpipe.check.imagescan` in the same read as the other checks). Two images whose hashes differ
 in at most ``data.near_duplicate_distance`` bits are a near-duplicate pair. :func:`near_duplicates`
-compares every pair with a vectorised XOR and popcount over blocks of rows: all pairs of 12,500
-hashes (78 million) in about a second, without a Python loop per pair. Measured on
-butterflies-10 (README, "The split-check"): distance 6 finds 89% of photos cropped by 2-5 pixels,
-resized to 80% and re-encoded at JPEG quality 60, and flags 1 pair of distinct photos among
-845,650 pairs.
+compares every pair with a vectorised XOR and popcount over blocks of rows: all 78 million pairs of
+12,500 hashes in 0.3 s on 2 cores, without a Python loop per pair. Measured on butterflies-10
+(README, "Near-duplicates"): at distance 6 it flags 24 pairs, each one photo cropped twice, and no
+pair of distinct photos among 845,650 pairs; it finds 91% of photos cropped by 2-5 pixels per side,
+resized to 80% and re-encoded at JPEG quality 60.
 """
 
 from __future__ import annotations
