@@ -58,8 +58,8 @@ def repo(tmp_path: Path) -> Path:
             (repo / "data" / "raw" / "test" / name / f"{k}.jpg").write_bytes(
                 (BUTTERFLIES / "test" / name / f"{k}.jpg").read_bytes())
             samples.append(Sample(f"test/{name}/{k}.jpg", SPECIES.index(name), "0" * 64))
-    DatasetIndex(root=Path("data/raw"), classes=SPECIES, splits={"train": (), "valid": (),
-                                                                  "test": tuple(samples)}).save(repo / "data/index.json")
+    splits = {"train": (), "valid": (), "test": tuple(samples)}
+    DatasetIndex(root=Path("data/raw"), classes=SPECIES, splits=splits).save(repo / "data/index.json")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "base")
     return repo

@@ -31,6 +31,11 @@ class Reconciled:
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # class -> split -> images left out
     errors: list[str] = field(default_factory=list)  # aliases or drops that name nothing
 
+    def shown(self, split: str, name: str) -> str:
+        """``split/FOLDER``, with the class it holds when data.class_aliases renamed it."""
+        folders = self.folders[split][name]
+        return f"{split}/{name}" if folders == [name] else f"{split}/{' + '.join(folders)} (class {name})"
+
 
 def reconcile(tree_splits: dict[str, dict[str, list[str]]], aliases: dict[str, str],
               drop: tuple[str, ...]) -> Reconciled:
@@ -151,7 +156,7 @@ def class_fix(unknown: dict[str, list[str]], classes: list[str], missing: dict[s
         text += f" ({', '.join(similar)} differ from a train class only in case, spaces, - or _: check the pair)"
     text += f": {_command('data.class_aliases', mapping=pairs)}"
     if hints:
-        text += f" (replace {PLACEHOLDER}; {'; '.join(hints)})"
+        text += f" (replace {PLACEHOLDER}; {'; '.join(dict.fromkeys(hints))})"
     names = sorted(set(drop) | {aliases.get(folder, folder) for folder in unknown})
     return text + f", or leave them out of every split: {_command('data.drop_classes', names=names)}"
 

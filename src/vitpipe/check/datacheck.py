@@ -4,8 +4,8 @@
 every image (:mod:`vitpipe.check.imagescan`), maps folders to classes by ``data.class_aliases`` and
 ``data.drop_classes`` (:mod:`vitpipe.check.classmap`), and checks the class sets, unreadable images,
 identical and near-duplicate images (:mod:`vitpipe.check.neardup`), class sizes and stray files. Its
-:class:`DatasetIndex` uses ONE class map, from train's classes, for every split. :func:`run_split_check` is the DVC stage; ``vitpipe check-data`` prints
-:func:`format_report`.
+:class:`DatasetIndex` uses ONE class map, from train's classes, for every split.
+:func:`run_split_check` is the DVC stage; ``vitpipe check-data`` prints :func:`format_report`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from vitpipe.check.classmap import Reconciled, class_fix, reconcile, unknown_folders
 from vitpipe.check.imagescan import DatasetTree, FileScan, list_tree, scan_files
-from vitpipe.check.neardup import NearDuplicate, near_duplicates
+from vitpipe.check.neardup import NearDuplicate, near_duplicates, summary
 from vitpipe.data.index import SPLITS, DatasetIndex, Sample
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import write_json
@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 # Check id -> title, in report order.
 CHECKS = {"splits": "Split folders", "classes": "Class sets", "unreadable": "Unreadable images",
-          "duplicates": "Duplicate images", "near_duplicates": "Near-duplicate images", "class_sizes": "Class sizes", "stray": "Stray files (not used)"}
+          "duplicates": "Duplicate images", "near_duplicates": "Near-duplicate images", "class_sizes": "Class sizes",
+          "stray": "Stray files (not used)"}
 LIST_CAP = 50  # longest list written to the report (metrics/data.json); counts stay exact
 LOG_CAP = 20  # warnings logged one by one by run_split_check
 
@@ -73,12 +74,6 @@ def _layout_findings(tree: DatasetTree) -> list[Finding]:
     return out + [Finding("stray", "warning", f"{path}: {why}; not used.") for path, why in tree.stray]
 
 
-def _shown(rec: Reconciled, split: str, name: str) -> str:
-    """``split/FOLDER``, with the class it holds when data.class_aliases renamed it."""
-    folders = rec.folders[split][name]
-    return f"{split}/{name}" if folders == [name] else f"{split}/{' + '.join(folders)} (class {name})"
-
-
 def _class_findings(rec: Reconciled, usable: dict[str, dict[str, list[FileScan]]],
                     classes: list[str], data: DataParams) -> list[Finding]:
     out = [Finding("classes", "error", message) for message in rec.errors]
@@ -86,7 +81,7 @@ def _class_findings(rec: Reconciled, usable: dict[str, dict[str, list[FileScan]]
         return out  # reported as a split problem; every class would be "not in train/"
     for split, by_class in rec.splits.items():
         for name in sorted(set(by_class) - set(classes)):
-            out.append(Finding("classes", "error", f"{_shown(rec, split, name)}: class not in train/ (its "
+            out.append(Finding("classes", "error", f"{rec.shown(split, name)}: class not in train/ (its "
                                f"images cannot be labelled)."))
         for name in sorted(set(classes) - set(by_class)):
             out.append(Finding("classes", "warning", f"{split}/: no folder for train class {name!r}; "
@@ -145,12 +140,6 @@ def _kinds(scan: FileScan) -> list[str]:
     return kinds + (["exif_rotated"] if scan.orientation != 1 else [])
 
 
-def _near_report(pairs: list[NearDuplicate], data: DataParams) -> dict[str, Any]:
-    cross = sum(p.cross_split for p in pairs)
-    return {"max_distance": data.near_duplicate_distance, "within_split": len(pairs) - cross, "cross_split": cross,
-            "pairs": [{"a": p.a, "b": p.b, "distance": p.distance} for p in pairs[:LIST_CAP]]}
-
-
 def _build_report(tree: DatasetTree, rec: Reconciled, usable: dict[str, dict[str, list[FileScan]]],
                   classes: list[str], skipped: list[FileScan], groups: list[list[str]], pairs: list[NearDuplicate],
                   findings: list[Finding], data: DataParams) -> dict[str, Any]:
@@ -160,13 +149,14 @@ def _build_report(tree: DatasetTree, rec: Reconciled, usable: dict[str, dict[str
     return {
         "accepted": n_errors == 0, "n_errors": n_errors, "n_warnings": len(findings) - n_errors,
         "n_classes": len(classes), "classes": classes,
-        "class_aliases": dict(sorted(data.class_aliases.items())), "dropped_classes": rec.dropped,
+        "class_aliases": dict(sorted(data.class_aliases.items())),
+        "dropped_classes": {name: dict(sorted(counts.items())) for name, counts in sorted(rec.dropped.items())},
         "splits": {split: _split_stats(usable[split]) for split in SPLITS if split in usable},
         "missing_classes": {split: sorted(set(classes) - set(by_class))
                             for split, by_class in rec.splits.items() if set(classes) - set(by_class)},
         "converted": dict(sorted(Counter(k for s in ok for k in _kinds(s)).items())),
         "duplicates": {"within_split": within, "cross_split": len(groups) - within, "groups": groups[:LIST_CAP]},
-        "near_duplicates": _near_report(pairs, data),
+        "near_duplicates": summary(pairs, max_distance=data.near_duplicate_distance, cap=LIST_CAP),
         "skipped_images": [{"path": s.path, "reason": s.error} for s in skipped[:LIST_CAP]],
         "n_skipped_images": len(skipped),
         "stray_files": [path for path, _ in tree.stray[:LIST_CAP]], "n_stray_files": len(tree.stray),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import imagehash
 import numpy as np
@@ -74,3 +75,10 @@ def near_duplicates(paths: Sequence[str], hashes: Sequence[int], contents: Seque
                 first, second = sorted((paths[a], paths[b]))
                 found.append(NearDuplicate(first, second, int(dist[r, c])))
     return sorted(found, key=lambda p: (not p.cross_split, p.distance, p.a, p.b))
+
+
+def summary(pairs: list[NearDuplicate], *, max_distance: int, cap: int) -> dict[str, Any]:
+    """The ``near_duplicates`` entry of ``metrics/data.json``: counts, and the first ``cap`` pairs."""
+    cross = sum(p.cross_split for p in pairs)
+    return {"max_distance": max_distance, "within_split": len(pairs) - cross, "cross_split": cross,
+            "pairs": [{"a": p.a, "b": p.b, "distance": p.distance} for p in pairs[:cap]]}
