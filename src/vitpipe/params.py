@@ -28,7 +28,9 @@ PARAMS_FILE = Path("params.yaml")
 def _p(default: Any, help: str, **limits: Any) -> Any:
     """A params field: its default, its one-line ``help`` (the params.yaml comment and the README's
     "meaning", both checked against it by a test), and ``ge``/``gt``/``le``/``lt`` bounds or a
-    ``pattern`` for strings."""
+    ``pattern`` for strings. A mapping default is copied for each instance."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help, **limits})
     return field(default=default, metadata={"help": help, **limits})
 
 
@@ -58,7 +60,11 @@ class DataParams:
     val_fraction: float = _p(0.1, "carved per class off train when the source has no valid split", ge=0.0, lt=1.0)
     test_fraction: float = _p(0.1, "carved per class off train when the source has no test split", ge=0.0, lt=1.0)
     bad_images: Literal["refuse", "skip"] = _p("refuse", "refuse | skip unreadable images (skipped ones are listed)")
-    strict: bool = _p(False, "true: refuse duplicate images within or across splits")
+    strict: bool = _p(False, "true: refuse identical images within or across splits, and near-duplicates across splits")
+    near_duplicate_distance: int = _p(6, "perceptual-hash (64-bit pHash) Hamming distance at or under which two "
+                                      "images are near-duplicates; -1: off", ge=-1, le=16)
+    class_aliases: dict[str, str] = _p({}, "folder name -> class name, in every split, e.g. {QUESTION MARK: POLYGONIA}")
+    drop_classes: tuple[str, ...] = _p((), "class names left out of every split (reported)")
     min_class_images: int = _p(5, "a train class with fewer images is reported", ge=1)
     max_extract_gb: float = _p(50.0, "archive size cap (archive bombs)", gt=0.0)
     workers: int = _p(0, "image-check threads; 0 = one per CPU core", ge=0)
@@ -70,6 +76,14 @@ class DataParams:
                 f"{PARAMS_FILE}: data.val_fraction + data.test_fraction must be < 1, got "
                 f"{self.val_fraction} + {self.test_fraction}; lower one of them."
             )
+        for name, target in self.class_aliases.items():
+            if target == name or target in self.class_aliases:
+                _fail("data.class_aliases", f"maps {name!r} to {target!r}, which is itself a folder name in it "
+                      f"(map every folder straight to its final class name)", self.class_aliases)
+        for name in self.drop_classes:
+            if name in self.class_aliases:
+                _fail("data.drop_classes", f"names {name!r}, an alias of {self.class_aliases[name]!r} in "
+                      f"data.class_aliases (drop the class it maps to, or remove the alias)", list(self.drop_classes))
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,8 @@ class TrainParams:
     warmup_epochs: int = _p(0, "linear warmup from lr/100", ge=0)
     min_lr: float = _p(0.0, "cosine: the floor", ge=0.0)
     label_smoothing: float = _p(0.1, "label smoothing of the training loss", ge=0.0, lt=1.0)
+    class_weights: Literal["none", "balanced"] = _p(
+        "none", "none | balanced: each class's loss weighted by train images / (classes x its train images)")
     freeze: Literal["backbone", "none"] = _p("backbone", "backbone (the recipe) | none (full fine-tune)")
     unfreeze_epoch: Optional[int] = _p(None, "with freeze: backbone, train everything from this epoch on", ge=1)
     backbone_lr_scale: float = _p(1.0, "backbone lr = lr x this", gt=0.0, le=1.0)
@@ -131,6 +147,9 @@ class TrainParams:
         if self.image_source == "decoded" and self.augment != "seed":
             _fail("train.image_source", "decoded needs train.augment: seed (timm's crops need full images)",
                   self.image_source)
+        if self.class_weights != "none" and (self.mixup > 0 or self.cutmix > 0):
+            _fail("train.class_weights", "cannot be combined with train.mixup or train.cutmix (mixed targets "
+                  "have no single class to weight); set it to none or turn mixup/cutmix off", self.class_weights)
         if self.layer_decay is not None and not self.backbone_ever_trains:
             _fail("train.layer_decay", "needs a trained backbone (train.freeze: none or train.unfreeze_epoch)",
                   self.layer_decay)
@@ -198,6 +217,10 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         if value not in choices:
             _fail(key, "must be one of " + " | ".join(map(str, choices)), value)
         return value
+    if origin is dict:
+        return _names(key, value, mapping=True)
+    if origin is tuple:
+        return tuple(_names(key, value, mapping=False))
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             _fail(key, "must be a mapping of keys", value)
@@ -222,6 +245,26 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             _fail(key, "must be a non-empty string", value)
         return value
     raise TypeError(f"unsupported params type {kind!r} for {key}")
+
+
+def _name(key: str, name: Any) -> str:
+    if not isinstance(name, str) or not name.strip() or "/" in name or name in (".", ".."):
+        _fail(key, "holds class folder names: non-empty strings without '/' (quote names such as 1 or "
+              "true)", name)
+    return name
+
+
+def _names(key: str, value: Any, *, mapping: bool) -> Any:
+    """A mapping of class folder names to class names, or a list of class names, checked."""
+    if mapping:
+        if not isinstance(value, dict):
+            _fail(key, "must be a mapping such as {OLD NAME: NEW NAME} ({} for none)", value)
+        return {_name(key, k): _name(key, v) for k, v in value.items()}
+    if not isinstance(value, (list, tuple)):
+        _fail(key, "must be a list such as [NAME, OTHER NAME] ([] for none)", value)
+    if len(set(value)) != len(value):
+        _fail(key, "lists a name twice", value)
+    return [_name(key, v) for v in value]
 
 
 def _check_limits(key: str, value: Any, meta: dict[str, Any]) -> None:
@@ -293,6 +336,8 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
 def _yaml_value(value: Any) -> str:
     if dataclasses.is_dataclass(value):
         return "(section)"
+    if isinstance(value, tuple):
+        value = list(value)
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
 
 
@@ -301,7 +346,7 @@ def param_rows(cls: type = Params, prefix: str = "") -> list[tuple[str, str, str
     rows = []
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        default = f.default
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if cls is Params:
             rows += param_rows(type(default), f"{key}.")
             continue

@@ -1,21 +1,24 @@
 """The split-check: refuse a dataset that would train or score wrongly, before any training starts.
 
 :func:`check_dataset` walks ``root/{train,valid,test}/<class>/<files>``, reads, hashes and decodes
-every image (:mod:`vitpipe.check.imagescan`), and checks the class sets, unreadable images, duplicates,
-class sizes and stray files. Its :class:`DatasetIndex` uses ONE class map, from train's folders,
-for every split. :func:`run_split_check` is the DVC stage; ``vitpipe check-data`` prints
-:func:`format_report`.
+every image (:mod:`vitpipe.check.imagescan`), maps folders to classes by ``data.class_aliases`` and
+``data.drop_classes`` (:mod:`vitpipe.check.classmap`), and checks the class sets, unreadable images,
+identical and near-duplicate images (:mod:`vitpipe.check.neardup`), class sizes and stray files. Its
+:class:`DatasetIndex` uses ONE class map, from train's classes, for every split.
+:func:`run_split_check` is the DVC stage; ``vitpipe check-data`` prints :func:`format_report`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vitpipe.check.classmap import Reconciled, class_fix, reconcile, unknown_folders
 from vitpipe.check.imagescan import DatasetTree, FileScan, list_tree, scan_files
+from vitpipe.check.neardup import NearDuplicate, near_duplicates, summary
 from vitpipe.data.index import SPLITS, DatasetIndex, Sample
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import write_json
@@ -25,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 # Check id -> title, in report order.
 CHECKS = {"splits": "Split folders", "classes": "Class sets", "unreadable": "Unreadable images",
-          "duplicates": "Duplicate images", "class_sizes": "Class sizes", "stray": "Stray files (not used)"}
+          "duplicates": "Duplicate images", "near_duplicates": "Near-duplicate images", "class_sizes": "Class sizes",
+          "stray": "Stray files (not used)"}
 LIST_CAP = 50  # longest list written to the report (metrics/data.json); counts stay exact
 LOG_CAP = 20  # warnings logged one by one by run_split_check
 
@@ -55,6 +59,7 @@ class CheckResult:
     findings: tuple[Finding, ...]
     index: DatasetIndex | None
     report: dict[str, Any]
+    fixes: dict[str, str] = field(default_factory=dict)  # check -> the fix for this dataset, where it differs
 
 
 def _layout_findings(tree: DatasetTree) -> list[Finding]:
@@ -69,15 +74,15 @@ def _layout_findings(tree: DatasetTree) -> list[Finding]:
     return out + [Finding("stray", "warning", f"{path}: {why}; not used.") for path, why in tree.stray]
 
 
-def _class_findings(tree: DatasetTree, usable: dict[str, dict[str, list[FileScan]]],
+def _class_findings(rec: Reconciled, usable: dict[str, dict[str, list[FileScan]]],
                     classes: list[str], data: DataParams) -> list[Finding]:
-    out: list[Finding] = []
-    if not tree.splits.get("train"):
+    out = [Finding("classes", "error", message) for message in rec.errors]
+    if not rec.splits.get("train"):
         return out  # reported as a split problem; every class would be "not in train/"
-    for split, by_class in tree.splits.items():
+    for split, by_class in rec.splits.items():
         for name in sorted(set(by_class) - set(classes)):
-            out.append(Finding("classes", "error", f"{split}/{name}: class not in train/ (its images "
-                               f"cannot be labelled)."))
+            out.append(Finding("classes", "error", f"{rec.shown(split, name)}: class not in train/ (its "
+                               f"images cannot be labelled)."))
         for name in sorted(set(classes) - set(by_class)):
             out.append(Finding("classes", "warning", f"{split}/: no folder for train class {name!r}; "
                                f"{split} has no {name} images."))
@@ -101,13 +106,21 @@ def _duplicate_groups(scans: list[FileScan]) -> list[list[str]]:
     return sorted(sorted(paths) for paths in by_hash.values() if len(paths) > 1)
 
 
-def _duplicate_finding(group: list[str], strict: bool) -> Finding:
+def _duplicate_finding(group: list[str], strict: bool, label: dict[str, str]) -> Finding:
     splits = [split for split in SPLITS if any(p.startswith(f"{split}/") for p in group)]
-    labels = sorted({p.split("/")[1] for p in group})
+    labels = sorted({label[p] for p in group})
     where = f"across splits {', '.join(splits)} (leaks into scoring)" if len(splits) > 1 else f"within {splits[0]}"
     clash = f"; labelled {' and '.join(labels)}" if len(labels) > 1 else ""
     return Finding("duplicates", "error" if strict else "warning",
                    f"identical files {where}: {' = '.join(group)}{clash}.")
+
+
+def _near_duplicate_finding(pair: NearDuplicate, strict: bool, label: dict[str, str]) -> Finding:
+    a, b = pair.splits
+    where = f"across splits {a} and {b} (leaks into scoring)" if pair.cross_split else f"within {a}"
+    clash = f"; labelled {label[pair.a]} and {label[pair.b]}" if label[pair.a] != label[pair.b] else ""
+    return Finding("near_duplicates", "error" if strict and pair.cross_split else "warning",
+                   f"near-duplicates {where}, pHash distance {pair.distance}: {pair.a} ~ {pair.b}{clash}.")
 
 
 def _split_stats(by_class: dict[str, list[FileScan]]) -> dict[str, Any]:
@@ -127,19 +140,23 @@ def _kinds(scan: FileScan) -> list[str]:
     return kinds + (["exif_rotated"] if scan.orientation != 1 else [])
 
 
-def _build_report(tree: DatasetTree, usable: dict[str, dict[str, list[FileScan]]], classes: list[str],
-                  skipped: list[FileScan], groups: list[list[str]], findings: list[Finding]) -> dict[str, Any]:
+def _build_report(tree: DatasetTree, rec: Reconciled, usable: dict[str, dict[str, list[FileScan]]],
+                  classes: list[str], skipped: list[FileScan], groups: list[list[str]], pairs: list[NearDuplicate],
+                  findings: list[Finding], data: DataParams) -> dict[str, Any]:
     ok = [s for by_class in usable.values() for scans in by_class.values() for s in scans]
     within = sum(1 for g in groups if len({p.split("/")[0] for p in g}) == 1)
     n_errors = sum(f.level == "error" for f in findings)
     return {
         "accepted": n_errors == 0, "n_errors": n_errors, "n_warnings": len(findings) - n_errors,
         "n_classes": len(classes), "classes": classes,
+        "class_aliases": dict(sorted(data.class_aliases.items())),
+        "dropped_classes": {name: dict(sorted(counts.items())) for name, counts in sorted(rec.dropped.items())},
         "splits": {split: _split_stats(usable[split]) for split in SPLITS if split in usable},
         "missing_classes": {split: sorted(set(classes) - set(by_class))
-                            for split, by_class in tree.splits.items() if set(classes) - set(by_class)},
+                            for split, by_class in rec.splits.items() if set(classes) - set(by_class)},
         "converted": dict(sorted(Counter(k for s in ok for k in _kinds(s)).items())),
         "duplicates": {"within_split": within, "cross_split": len(groups) - within, "groups": groups[:LIST_CAP]},
+        "near_duplicates": summary(pairs, max_distance=data.near_duplicate_distance, cap=LIST_CAP),
         "skipped_images": [{"path": s.path, "reason": s.error} for s in skipped[:LIST_CAP]],
         "n_skipped_images": len(skipped),
         "stray_files": [path for path, _ in tree.stray[:LIST_CAP]], "n_stray_files": len(tree.stray),
@@ -157,29 +174,41 @@ def check_dataset(root: Path, data: DataParams) -> CheckResult:
         raise VitpipeError(f"{root}: not a folder; pass the dataset root that holds train/, valid/ "
                            f"and test/ (e.g. data/raw after `dvc repro download`).")
     tree = list_tree(root)
-    paths = [p for by_class in tree.splits.values() for images in by_class.values() for p in images]
-    scans = {s.path: s for s in scan_files(root, paths, workers=data.workers)}
+    rec = reconcile(tree.splits, data.class_aliases, data.drop_classes)  # dropped classes are never read
+    label = {p: name for by_class in rec.splits.values() for name, images in by_class.items() for p in images}
+    paths = sorted(label)
+    near = data.near_duplicate_distance >= 0
+    scans = {s.path: s for s in scan_files(root, paths, workers=data.workers, phash=near)}
     bad = [scans[p] for p in paths if not scans[p].ok]
     skip = data.bad_images == "skip"
     findings = _layout_findings(tree)
     findings += [Finding("unreadable", "warning" if skip else "error",
                          f"{s.path}: {s.error}{' (skipped)' if skip else ''}") for s in bad]
     usable = {split: {name: [scans[p] for p in images if scans[p].ok] for name, images in by_class.items()}
-              for split, by_class in tree.splits.items()}
-    classes = sorted(tree.splits.get("train", {}))
-    findings += _class_findings(tree, usable, classes, data)
-    groups = _duplicate_groups([s for p, s in sorted(scans.items()) if s.ok])
-    findings += [_duplicate_finding(g, data.strict) for g in groups]
+              for split, by_class in rec.splits.items()}
+    classes = sorted(rec.splits.get("train", {}))
+    if tree.splits.get("train") and not classes:
+        findings.append(Finding("classes", "error", "data.drop_classes leaves no class in train/; drop fewer."))
+    findings += _class_findings(rec, usable, classes, data)
+    ok = [scans[p] for p in paths if scans[p].ok]
+    groups = _duplicate_groups(ok)
+    findings += [_duplicate_finding(g, data.strict, label) for g in groups]
+    pairs = near_duplicates([s.path for s in ok], [s.phash for s in ok], [s.sha256 for s in ok],
+                            max_distance=data.near_duplicate_distance) if near else []
+    findings += [_near_duplicate_finding(p, data.strict, label) for p in pairs]
     findings.sort(key=lambda f: list(CHECKS).index(f.check))  # stable: keeps walk order within a check
-    report = _build_report(tree, usable, classes, bad if skip else [], groups, findings)
+    report = _build_report(tree, rec, usable, classes, bad if skip else [], groups, pairs, findings, data)
+    unknown = unknown_folders(rec.splits, rec.folders, classes) if classes else {}
+    fixes = {"classes": class_fix(unknown, classes, report["missing_classes"], aliases=data.class_aliases,
+                                  drop=data.drop_classes)} if unknown else {}
     index = None
     if report["accepted"]:
-        label = {name: i for i, name in enumerate(classes)}
+        ids = {name: i for i, name in enumerate(classes)}
         index = DatasetIndex(root=root, classes=tuple(classes), splits={
-            split: tuple(sorted((Sample(s.path, label[name], s.sha256) for name, group in usable[split].items()
+            split: tuple(sorted((Sample(s.path, ids[name], s.sha256) for name, group in usable[split].items()
                                  for s in group), key=lambda sample: sample.path))
-            for split in SPLITS})
-    return CheckResult(root=root, accepted=report["accepted"], index=index, report=report,
+            for split in SPLITS}, class_aliases=dict(data.class_aliases), dropped_classes=tuple(sorted(rec.dropped)))
+    return CheckResult(root=root, accepted=report["accepted"], index=index, report=report, fixes=fixes,
                        errors=[f.message for f in findings if f.level == "error"],
                        warnings=[f.message for f in findings if f.level == "warning"],
                        findings=tuple(findings))
@@ -190,11 +219,13 @@ _REFUSALS = {
     "splits": (("split problem", "split problems"),
                "add the missing split and class folders, or fetch a train-only source with the download "
                "stage, which carves valid/ and test/ off train (data.val_fraction, data.test_fraction)"),
-    "classes": (("class folder that train/ lacks", "class folders that train/ lacks"),
-                "rename or remove those class folders, or add them to train/"),
+    "classes": (("class problem", "class problems"), "fix data.class_aliases or data.drop_classes as said"),
     "unreadable": (("unreadable image", "unreadable images"), "set data.bad_images: skip"),
     "duplicates": (("group of identical files", "groups of identical files"),
                    "remove the copies or set data.strict: false"),
+    "near_duplicates": (("near-duplicate pair across splits", "near-duplicate pairs across splits"),
+                        "remove one image of each pair, or set data.strict: false (or lower "
+                        "data.near_duplicate_distance if they are distinct photos)"),
     "class_sizes": (("empty train class", "empty train classes"),
                     "add images to the empty train classes or remove their folders"),
 }
@@ -207,7 +238,7 @@ def refusal_reasons(result: CheckResult) -> tuple[str, list[str]]:
         errors = [f.message for f in result.findings if f.check == check and f.level == "error"]
         if errors:
             parts.append(f"{len(errors)} {one if len(errors) == 1 else many} (first: {errors[0].rstrip('.')})")
-            fixes.append(fix)
+            fixes.append(result.fixes.get(check, fix))
     return "; ".join(parts), fixes
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class DatasetIndex:
     root: Path
     classes: tuple[str, ...]
     splits: dict[str, tuple[Sample, ...]]
+    class_aliases: dict[str, str] = field(default_factory=dict)  # folder name -> class (data.class_aliases)
+    dropped_classes: tuple[str, ...] = ()  # classes left out of every split (data.drop_classes)
 
     def samples(self, split: str) -> tuple[Sample, ...]:
         """The samples of ``split``; an unknown split is a :class:`VitpipeError`."""
@@ -64,6 +66,8 @@ class DatasetIndex:
         return {
             "root": self.root.as_posix(),
             "classes": list(self.classes),
+            "class_aliases": dict(sorted(self.class_aliases.items())),
+            "dropped_classes": list(self.dropped_classes),
             "splits": {name: [[s.path, s.label, s.sha256] for s in samples]
                        for name, samples in self.splits.items()},
         }
@@ -83,6 +87,8 @@ class DatasetIndex:
                 classes=tuple(raw["classes"]),
                 splits={name: tuple(Sample(p, int(lbl), h) for p, lbl, h in rows)
                         for name, rows in raw["splits"].items()},
+                class_aliases=dict(raw.get("class_aliases", {})),
+                dropped_classes=tuple(raw.get("dropped_classes", ())),
             )
         except FileNotFoundError:
             raise VitpipeError(f"{path}: not found. Run the split-check stage first "

@@ -1,4 +1,4 @@
-"""PNG plots for ``vitpipe report``: confusion matrix, training curves, per-class accuracy.
+"""PNG plots for ``vitpipe report``: confusion matrix, training curves, per-class accuracy, worst mistakes.
 
 Drawn on bare :class:`matplotlib.figure.Figure` objects (the Agg canvas), so nothing touches
 pyplot's global state or needs a display.
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from PIL import Image
 
 _DPI = 110
 
@@ -89,4 +90,33 @@ def per_class_accuracy(per_class: pd.DataFrame, path: Path, *, base: pd.DataFram
     ax.set_xlabel("test accuracy (recall)")
     ax.set_title("Per-class test accuracy")
     ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def top_losses(rows: pd.DataFrame, images: Sequence[Image.Image | None], path: Path, *, n_wrong: int,
+               columns: int = 4) -> Path:
+    """The most confidently wrong test images as thumbnails (fastai's ``plot_top_losses``).
+
+    Args:
+        rows: rows of ``metrics/predictions.csv`` (``path``, ``actual``, ``predicted``, ``confidence``), worst first.
+        images: each row's image (None: not found or unreadable, drawn as an empty tile).
+        path: PNG file to write.
+        n_wrong: how many test images are wrong in all (for the title).
+        columns: thumbnails per row.
+    """
+    cols = max(1, min(columns, len(rows)))
+    n_rows = max(1, -(-len(rows) // cols))
+    fig = Figure(figsize=(2.7 * cols, 3.5 * n_rows + 0.4), layout="constrained")
+    for k, ((_, row), image) in enumerate(zip(rows.iterrows(), images)):
+        ax = fig.add_subplot(n_rows, cols, k + 1)
+        if image is None:
+            ax.text(0.5, 0.5, "image not found", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+        else:
+            ax.imshow(np.asarray(image))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"actual: {row['actual']}\npredicted: {row['predicted']}\nconfidence {row['confidence']:.2f}",
+                     fontsize=8, color="darkred")
+        ax.set_xlabel(str(row["path"]), fontsize=6)
+    fig.suptitle(f"Most confidently wrong test images ({len(rows)} of {n_wrong} wrong)")
     return _save(fig, path)

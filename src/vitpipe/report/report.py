@@ -1,8 +1,8 @@
 """``vitpipe report``: a markdown report of the workspace's results against a git revision (a PR's base).
 
 It holds ``dvc metrics diff`` and ``dvc params diff``, the classes whose test accuracy changed
-most, the worst classes, the most confused pairs, and PNG plots in a folder beside the markdown
-(``report.md`` -> ``report/``), linked from it.
+most, the worst classes, the most confused pairs, a gallery of the most confidently wrong test
+images, and PNG plots in a folder beside the markdown (``report.md`` -> ``report/``), linked from it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pandas as pd
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import atomic_dir, write_text
 from vitpipe.report import plots
+from vitpipe.report.gallery import GALLERY_SIZE, gallery_images, worst_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,11 @@ class MetricFiles:
     per_class: str = "metrics/per_class.csv"
     predictions: str = "metrics/predictions.csv"
     history: str = "metrics/train_history.csv"
+    index: str = "data/index.json"  # where the gallery finds the test images
 
 
 _COLUMNS = {"per_class": ("class", "accuracy", "precision", "recall", "f1", "support"),
-            "predictions": ("actual", "predicted"), "history": ("epoch",)}
+            "predictions": ("path", "actual", "predicted", "confidence"), "history": ("epoch",)}
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -143,6 +145,18 @@ def confused_pairs(predictions: pd.DataFrame, top: int) -> pd.DataFrame:
     return counts.sort_values(["count", "actual", "predicted"], ascending=[False, True, True]).head(top)
 
 
+def _gallery_section(rows: pd.DataFrame, n_wrong: int, drawn: bool, plot_dir: Path, index_rel: str) -> list[str]:
+    out = ["## Most confidently wrong test images", ""]
+    if not n_wrong:
+        return out + ["No test image is misclassified.", ""]
+    if drawn:
+        out += [f"![Most confidently wrong test images]({plot_dir.name}/top_losses.png)", ""]
+    else:
+        out += [f"(No gallery: {index_rel} is not here to find the images; run `dvc repro`.)", ""]
+    table = [[r["path"], r["actual"], r["predicted"], f"{r['confidence']:.3f}"] for _, r in rows.iterrows()]
+    return out + [md_table(["test image", "actual", "predicted", "confidence"], table), ""]
+
+
 def _overall(per_class: pd.DataFrame) -> str:
     correct = int(per_class["correct"].sum()) if "correct" in per_class else None
     total = int(per_class["support"].sum())
@@ -210,7 +224,7 @@ def _class_sections(current: pd.DataFrame, base: pd.DataFrame | None, prediction
 
 
 def _write_plots(plot_dir: Path, current: pd.DataFrame, base: pd.DataFrame | None, predictions: pd.DataFrame,
-                 history: pd.DataFrame | None) -> list[tuple[str, str]]:
+                 history: pd.DataFrame | None, gallery: tuple | None = None) -> list[tuple[str, str]]:
     """Writes the PNGs into ``plot_dir`` (replaced atomically); returns (title, file name) pairs."""
     if plot_dir.exists() and (not plot_dir.is_dir() or any(p.suffix != ".png" for p in plot_dir.iterdir())):
         raise VitpipeError(f"{plot_dir}: exists and holds more than report plots; refusing to replace it. "
@@ -225,6 +239,9 @@ def _write_plots(plot_dir: Path, current: pd.DataFrame, base: pd.DataFrame | Non
         if history is not None and len(history):
             plots.training_curves(history, tmp / "training_curves.png")
             made.append(("Training curves", "training_curves.png"))
+        if gallery is not None:
+            rows, images, n_wrong = gallery
+            plots.top_losses(rows, images, tmp / "top_losses.png", n_wrong=n_wrong)
     return made
 
 
@@ -250,7 +267,11 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
 
     out = Path(out)
     plot_dir = out.with_suffix("") if out.suffix else out.with_name(out.name + "_plots")
-    made = _write_plots(plot_dir, current, base_per_class, predictions, history)
+    worst = worst_predictions(predictions, GALLERY_SIZE)
+    n_wrong = int((predictions["actual"] != predictions["predicted"]).sum())
+    images = gallery_images(root, files.index, worst) if n_wrong else None
+    made = _write_plots(plot_dir, current, base_per_class, predictions, history,
+                        gallery=(worst, images, n_wrong) if images is not None else None)
 
     lines = [f"# vitpipe report: workspace vs `{base}` ({base_sha[:10]})", ""]
     if base_per_class is None:
@@ -261,6 +282,7 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
     lines += _metrics_section(metrics_md)
     lines += ["## Parameters (`dvc params diff`)", "", params_md or "No parameter changed.", ""]
     lines += _class_sections(current, base_per_class, predictions, base_predictions, base_name=base, top=top)
+    lines += _gallery_section(worst, n_wrong, images is not None, plot_dir, files.index)
     lines += ["## Plots", ""]
     lines += [f"![{title}]({plot_dir.name}/{name})\n" for title, name in made]
     write_text(out, "\n".join(lines).rstrip() + "\n")

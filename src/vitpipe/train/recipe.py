@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
+from sklearn.utils.class_weight import compute_class_weight
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import (
@@ -21,10 +23,24 @@ from vitpipe.model.classifier import Classifier
 from vitpipe.params import TrainParams
 
 
-def build_loss(params: TrainParams, *, mixup: bool) -> nn.Module:
-    """Soft-target CE under mixup/cutmix (which smooths the targets itself), else label smoothing CE."""
+def class_weights(params: TrainParams, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """``train.class_weights: balanced``: scikit-learn's n_images / (n_classes x images of the class),
+    from the train labels; None for ``none``."""
+    if params.class_weights == "none":
+        return None
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels.numpy())
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def build_loss(params: TrainParams, *, mixup: bool, weight: torch.Tensor | None = None) -> nn.Module:
+    """Soft-target CE under mixup/cutmix (which smooths the targets itself), else label smoothing CE;
+    with ``weight`` (per class; TrainParams refuses it with mixup/cutmix), torch's weighted CE with the
+    same smoothing."""
     if mixup:
         return SoftTargetCrossEntropy()
+    if weight is not None:
+        # Mean over the batch weighted by each target's class weight; the smoothing term is weighted too.
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=params.label_smoothing)
     if params.label_smoothing > 0:
         return LabelSmoothingCrossEntropy(smoothing=params.label_smoothing)
     return nn.CrossEntropyLoss()

@@ -48,6 +48,7 @@ from vitpipe.train.recipe import (
     build_mixup,
     build_optimizer,
     build_scheduler,
+    class_weights,
     current_lr,
 )
 
@@ -130,7 +131,8 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     spec = eval_spec(t.augment, info)
     train_tf, eval_tf = build_train_transform(t.augment, spec, info), build_eval_transform(spec)
     mixup = build_mixup(t, len(index.classes)) if not t.uses_feature_cache else None
-    losses = (build_loss(t, mixup=mixup is not None), build_loss(t, mixup=False))
+    weight = class_weights(t, _labels(index, "train"), len(index.classes))
+    losses = (build_loss(t, mixup=mixup is not None, weight=weight).to(device), build_loss(t, mixup=False))
     engine: Engine
     if t.uses_feature_cache:
         engine = _feature_engine(model, index, params, device=device, cache=cache or FeatureCache(),
@@ -217,6 +219,7 @@ def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Eng
         "val_images": len(index.samples("valid")),
         "engine": engine.name,
         "cache_views": t.cache_views if engine.feature_dtype is not None else 0,
+        "class_weights": t.class_weights,
         "precision": t.precision,
         "model": params.model.name,
         "weights": info.weights_source,
