@@ -1,6 +1,7 @@
 """``vitpipe report``: a markdown report of the workspace's results against a git revision (a PR's base).
 
-It holds ``dvc metrics diff`` and ``dvc params diff``, the classes whose test accuracy changed
+It holds whether the accuracy change is signal or noise (:mod:`~vitpipe.report.significance`),
+``dvc metrics diff`` and ``dvc params diff``, the classes whose test accuracy changed
 most, the worst classes, the most confused pairs, and PNG plots in a folder beside the markdown
 (``report.md`` -> ``report/``), linked from it.
 """
@@ -21,7 +22,7 @@ import pandas as pd
 
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import atomic_dir, write_text
-from vitpipe.report import plots
+from vitpipe.report import plots, significance
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +259,7 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
                   f"commit): the numbers below are the workspace's alone.", ""]
     lines += [f"Test accuracy: **{_overall(current)}**"
               + ("" if base_per_class is None else f", `{base}`: {_overall(base_per_class)}"), ""]
+    lines += significance.markdown_section(base_predictions, predictions, base_name=base, top=top)
     lines += _metrics_section(metrics_md)
     lines += ["## Parameters (`dvc params diff`)", "", params_md or "No parameter changed.", ""]
     lines += _class_sections(current, base_per_class, predictions, base_predictions, base_name=base, top=top)
