@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,7 @@ def _write_plots(plot_dir: Path, current: pd.DataFrame, base: pd.DataFrame | Non
 
 
 def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None,
-                 files: MetricFiles = MetricFiles()) -> Path:
+                 files: MetricFiles = MetricFiles(), notes: Sequence[str] = ()) -> Path:
     """Writes the markdown report ``out`` and its plots folder (``out`` without suffix).
 
     Args:
@@ -239,6 +240,7 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
         top: rows in the class and confused-pair tables.
         repo: a path inside the git repository (default: the current directory).
         files: where the metrics CSVs live, relative to the repository root.
+        notes: markdown lines put under the title (``vitpipe pr-report``'s freshness check).
     """
     root = git_root(Path(repo) if repo is not None else Path.cwd())
     base_sha = resolve_revision(root, base)
@@ -253,7 +255,7 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
     plot_dir = out.with_suffix("") if out.suffix else out.with_name(out.name + "_plots")
     made = _write_plots(plot_dir, current, base_per_class, predictions, history)
 
-    lines = [f"# vitpipe report: workspace vs `{base}` ({base_sha[:10]})", ""]
+    lines = [f"# vitpipe report: workspace vs `{base}` ({base_sha[:10]})", "", *notes]
     if base_per_class is None:
         lines += [f"> `{base}` has no metrics yet ({files.per_class} is not committed there, e.g. the first "
                   f"commit): the numbers below are the workspace's alone.", ""]
