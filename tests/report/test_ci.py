@@ -20,10 +20,12 @@ import yaml
 from conftest import REPO
 
 from vitpipe.cli import main
+from vitpipe.errors import VitpipeError
 from vitpipe.report.ci import (
     check_freshness,
     freshness_markdown,
     pr_report,
+    read_lock,
     upstream_mismatches,
     with_downstream,
 )
@@ -206,6 +208,15 @@ def test_the_workflow_reports_without_training_unless_the_retrain_label_is_set()
     assert workflow["jobs"]["report"]["env"]["RETRAIN"] == \
         "${{ contains(github.event.pull_request.labels.*.name, 'retrain') }}"
     assert "labeled" in workflow[True]["pull_request"]["types"]  # YAML reads the key `on` as True
+
+
+@pytest.mark.parametrize("text", ["stages: [1, 2", "- a list\n", "stages: {train: 3}\n"])
+def test_a_damaged_dvc_lock_is_one_line_naming_the_fix(tmp_path, text):
+    (tmp_path / "dvc.lock").write_text(text)
+    with pytest.raises(VitpipeError, match=r"dvc.lock: .*; restore it with `git checkout dvc.lock`") as err:
+        read_lock(tmp_path)
+    assert "\n" not in str(err.value)
+    assert read_lock(tmp_path / "nowhere") == {}
 
 
 def test_lock_helpers():

@@ -63,11 +63,15 @@ def read_lock(root: Path) -> dict[str, dict]:
     path = root / "dvc.lock"
     if not path.is_file():
         return {}
+    fix = "restore it with `git checkout dvc.lock` or rerun `dvc repro`"
     try:
-        return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise VitpipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); restore it with "
-                           f"`git checkout dvc.lock` or rerun `dvc repro`.") from None
+        raise VitpipeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); {fix}.") from None
+    stages = doc.get("stages", {}) if isinstance(doc, dict) else None
+    if not isinstance(stages, dict) or not all(isinstance(s, dict) for s in stages.values()):
+        raise VitpipeError(f"{path}: not a dvc.lock (no mapping of stages); {fix}.")
+    return stages
 
 
 def _describe(kind: str, path: str, state: object) -> str:
