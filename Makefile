@@ -8,7 +8,7 @@ BASE   ?= main
 # Stage commands in dvc.yaml call `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test bench report clean-venv
+.PHONY: install install-report repro test bench report pr-report clean-venv
 
 install: $(STAMP)
 
@@ -18,6 +18,16 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
 	touch $(STAMP)
+
+# What `vitpipe pr-report` needs, without PyTorch and the model libraries (CI's default job):
+# the package without its dependencies, then the pinned ones except REPORT_SKIP.
+REPORT_SKIP := torch torchvision timm kagglehub
+install-report:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c 'import sys, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
+	  print("\n".join(d for d in deps if d.split("==")[0] not in sys.argv[1:]))' $(REPORT_SKIP) > $(VENV)/report-requirements.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r $(VENV)/report-requirements.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
 
 repro: install
 	$(BIN)/dvc repro
@@ -30,6 +40,10 @@ bench: install
 
 report: install
 	$(BIN)/vitpipe report --base $(BASE) --out report.md
+
+# The pull request's report from what it commits (no training), with the freshness check.
+pr-report: install-report
+	$(BIN)/vitpipe pr-report --base $(BASE) --out report.md
 
 clean-venv:
 	rm -rf $(VENV)

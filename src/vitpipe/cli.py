@@ -73,6 +73,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pr_report(args: argparse.Namespace) -> int:
+    from vitpipe.report.ci import pr_report
+
+    pr_report(args.base, args.out, top=args.top, retrain=args.retrain)
+    return 0
+
+
 def _cmd_cache(args: argparse.Namespace) -> int:
     import shutil
 
@@ -165,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("report.md"), help="markdown file; plots go to its stem/ folder")
     p.add_argument("--top", type=_positive_int, default=5, help="rows in the class and confusion tables (default: 5)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("pr-report", help="the pull request's report from what it commits (no training), "
+                       "with a check that its metrics belong to its params and code")
+    p.add_argument("--base", default="main", help="git revision of the pull request's base (default: main)")
+    p.add_argument("--out", type=Path, default=Path("report.md"), help="markdown file; plots go to its stem/ folder")
+    p.add_argument("--top", type=_positive_int, default=5, help="rows in the class and confusion tables (default: 5)")
+    p.add_argument("--retrain", action="store_true",
+                   help="reproduce the pipeline first (dvc repro; --pull when a DVC remote is set)")
+    p.set_defaults(func=_cmd_pr_report)
 
     p = sub.add_parser("cache", help="size of the feature cache and decoded images ($VITPIPE_CACHE_DIR); --clear")
     p.add_argument("--clear", action="store_true", help="remove them (they are recomputed when needed)")

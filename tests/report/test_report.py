@@ -89,6 +89,14 @@ def test_the_report_holds_dvcs_metric_and_param_diff_tables(report):
     assert "2 other per-class metric(s) changed" in details  # MONARCH and PAPER KITE .correct
 
 
+def test_the_report_says_whether_the_accuracy_change_is_signal_or_noise(report):
+    text, _ = report
+    section = text.split("## Signal or noise?")[1].split("## Metrics")[0]
+    assert "On the same 12 test images" in section and "(+1 of 12 images)" in section
+    assert "2 fixed, 1 broken; exact McNemar test p = 1." in section  # 2 * (1 + 3) / 8, capped at 1
+    assert "**Not distinguishable from noise**" in section
+
+
 def test_the_report_lists_the_changed_classes_worst_classes_and_confusions(report):
     text, _ = report
     changed = text.split("## Classes whose test accuracy changed most")[1].split("##")[0]

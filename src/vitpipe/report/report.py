@@ -1,8 +1,9 @@
 """``vitpipe report``: a markdown report of the workspace's results against a git revision (a PR's base).
 
-It holds ``dvc metrics diff`` and ``dvc params diff``, the classes whose test accuracy changed
-most, the worst classes, the most confused pairs, a gallery of the most confidently wrong test
-images, and PNG plots in a folder beside the markdown (``report.md`` -> ``report/``), linked from it.
+It holds whether the accuracy change is signal or noise (:mod:`~vitpipe.report.significance`),
+``dvc metrics diff`` and ``dvc params diff``, the classes whose test accuracy changed most, the
+worst classes, the most confused pairs, a gallery of the most confidently wrong test images, and
+PNG plots in a folder beside the markdown (``report.md`` -> ``report/``), linked from it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import pandas as pd
 
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import atomic_dir, write_text
-from vitpipe.report import plots
+from vitpipe.report import plots, significance
 from vitpipe.report.gallery import GALLERY_SIZE, gallery_images, worst_predictions
 
 logger = logging.getLogger(__name__)
@@ -246,7 +248,7 @@ def _write_plots(plot_dir: Path, current: pd.DataFrame, base: pd.DataFrame | Non
 
 
 def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None,
-                 files: MetricFiles = MetricFiles()) -> Path:
+                 files: MetricFiles = MetricFiles(), notes: Sequence[str] = ()) -> Path:
     """Writes the markdown report ``out`` and its plots folder (``out`` without suffix).
 
     Args:
@@ -255,6 +257,7 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
         top: rows in the class and confused-pair tables.
         repo: a path inside the git repository (default: the current directory).
         files: where the metrics CSVs live, relative to the repository root.
+        notes: markdown lines put under the title (``vitpipe pr-report``'s freshness check).
     """
     root = git_root(Path(repo) if repo is not None else Path.cwd())
     base_sha = resolve_revision(root, base)
@@ -273,12 +276,13 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
     made = _write_plots(plot_dir, current, base_per_class, predictions, history,
                         gallery=(worst, images, n_wrong) if images is not None else None)
 
-    lines = [f"# vitpipe report: workspace vs `{base}` ({base_sha[:10]})", ""]
+    lines = [f"# vitpipe report: workspace vs `{base}` ({base_sha[:10]})", "", *notes]
     if base_per_class is None:
         lines += [f"> `{base}` has no metrics yet ({files.per_class} is not committed there, e.g. the first "
                   f"commit): the numbers below are the workspace's alone.", ""]
     lines += [f"Test accuracy: **{_overall(current)}**"
               + ("" if base_per_class is None else f", `{base}`: {_overall(base_per_class)}"), ""]
+    lines += significance.markdown_section(base_predictions, predictions, base_name=base, top=top)
     lines += _metrics_section(metrics_md)
     lines += ["## Parameters (`dvc params diff`)", "", params_md or "No parameter changed.", ""]
     lines += _class_sections(current, base_per_class, predictions, base_predictions, base_name=base, top=top)

@@ -1,0 +1,45 @@
+"""pyproject.toml: ``requires-python`` is the real floor of the pinned dependencies and of the stdlib we use."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import metadata
+
+from conftest import REPO
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+DATA_FILTER = Version("3.11.4")  # tarfile.data_filter (PEP 706) on 3.11; 3.10 has it from 3.10.12 on
+
+
+def _floor(spec: SpecifierSet) -> Version:
+    (lower,) = [Version(s.version) for s in spec if s.operator == ">="]
+    return lower
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for requirement in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["dev"]:
+        name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s;]+)", requirement).groups()
+        pins[name] = version
+    return pins
+
+
+def test_requires_python_is_at_least_every_pinned_dependencys_floor():
+    ours = _floor(SpecifierSet(PROJECT["requires-python"]))
+    assert ours >= DATA_FILTER, f"requires-python {ours}: the archive filter needs {DATA_FILTER}"
+    too_low = {}
+    for name, version in _pins().items():
+        assert metadata.version(name) == version, f"{name} installed is not the pinned {version}"
+        needs = metadata.metadata(name).get("Requires-Python")
+        if needs and not all(spec.contains(str(ours)) for spec in SpecifierSet(needs)):
+            too_low[name] = needs
+    assert not too_low, f"requires-python >={ours} admits Pythons these pins refuse: {too_low}"
+
+
+def test_requires_python_is_not_higher_than_needed():
+    floors = [_floor(SpecifierSet(s)) for n in _pins() if (s := metadata.metadata(n).get("Requires-Python"))]
+    needed = max([DATA_FILTER, *floors])
+    assert _floor(SpecifierSet(PROJECT["requires-python"])) == needed
