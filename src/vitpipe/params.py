@@ -105,6 +105,9 @@ class TrainParams:
     seed: int = _p(42, "weights init, shuffling, augmentation, dropout", ge=0)
     device: str = _p("auto", "auto | cpu | cuda | cuda:N", pattern=r"auto|cpu|cuda(:\d+)?")
     epochs: int = _p(10, "epochs to train", ge=1)
+    patience: Optional[int] = _p(None, "early stopping: stop after this many epochs without a val accuracy gain "
+                                 "(null = off)", ge=1)
+    min_delta: float = _p(0.0, "early stopping: the smallest val accuracy gain that counts", ge=0.0, lt=1.0)
     batch_size: int = _p(128, "train batch size, per process", ge=1)
     val_batch_size: int = _p(32, "validation batch size, per process", ge=1)
     optimizer: Literal["adam", "adamw"] = _p("adam", "adam (the recipe) | adamw")
@@ -150,6 +153,8 @@ class TrainParams:
         if self.class_weights != "none" and (self.mixup > 0 or self.cutmix > 0):
             _fail("train.class_weights", "cannot be combined with train.mixup or train.cutmix (mixed targets "
                   "have no single class to weight); set it to none or turn mixup/cutmix off", self.class_weights)
+        if self.min_delta > 0 and self.patience is None:
+            _fail("train.min_delta", "needs train.patience (early stopping is off)", self.min_delta)
         if self.layer_decay is not None and not self.backbone_ever_trains:
             _fail("train.layer_decay", "needs a trained backbone (train.freeze: none or train.unfreeze_epoch)",
                   self.layer_decay)

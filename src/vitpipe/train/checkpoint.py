@@ -30,6 +30,18 @@ class Progress:
     best_epoch: int = -1
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    patience_best: float = -1.0  # early stopping: the val accuracy the next epoch must beat by min_delta
+    stale_epochs: int = 0  # epochs since it last did
+    stopped_early: bool = False
+
+    def note_validation(self, val_accuracy: float, *, min_delta: float, patience: int | None) -> bool:
+        """Counts epochs without a val accuracy gain above ``min_delta``; True when ``patience`` runs out."""
+        if val_accuracy > self.patience_best + min_delta:
+            self.patience_best, self.stale_epochs = val_accuracy, 0
+        else:
+            self.stale_epochs += 1
+        self.stopped_early = patience is not None and self.stale_epochs >= patience
+        return self.stopped_early
 
 
 def _rng_state() -> dict[str, Any]:

@@ -155,11 +155,17 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     with logging_redirect_tqdm():  # the per-epoch log lines print above the bars
         for epoch in epochs:
             _run_epoch(epoch, engine, optimizer, scheduler, ema, progress)
+            stop = progress.note_validation(progress.history[-1]["val_accuracy"], min_delta=t.min_delta,
+                                            patience=t.patience)
             if distributed.is_main():
                 save_checkpoint(outputs.checkpoint, params_hash=params.training_hash(),
-                                complete=epoch == t.epochs - 1, progress=progress, module=engine.module,
+                                complete=stop or epoch == t.epochs - 1, progress=progress, module=engine.module,
                                 optimizer=optimizer, scheduler=scheduler, ema=ema)
             distributed.barrier()
+            if stop:
+                logger.info("early stopping after epoch %d: no val accuracy gain above %g for %d epochs "
+                            "(train.patience); best epoch %d", epoch, t.min_delta, t.patience, progress.best_epoch)
+                break
     metrics = {}
     if distributed.is_main():
         engine.module.load_state_dict(progress.best_state)
@@ -215,6 +221,8 @@ def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Eng
         "best_val_accuracy": progress.best_accuracy,
         "best_epoch": progress.best_epoch,
         "epochs": t.epochs,
+        "epochs_run": len(progress.history),
+        "stopped_early": progress.stopped_early,
         "train_images": len(index.samples("train")),
         "val_images": len(index.samples("valid")),
         "engine": engine.name,
