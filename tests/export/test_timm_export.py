@@ -78,6 +78,7 @@ def test_folder_holds_timms_files_and_config(folder, classes):
     cfg = config["pretrained_cfg"]
     assert cfg["input_size"] == [3, 32, 32] and cfg["crop_mode"] == "center"
     assert cfg["interpolation"] == "bilinear" and cfg["mean"] == [0.5] * 3 and cfg["num_classes"] == len(classes)
+    assert cfg["tag"] == "vitpipe"  # not the tag of timm's own pretrained weights
 
 
 def _vitpipe_fp32(model_path: Path, images: torch.Tensor) -> torch.Tensor:

@@ -68,5 +68,7 @@ def data_config(spec: EvalSpec) -> dict[str, Any]:
 def write_timm_folder(model: Classifier, card: ModelCard, folder: Path) -> None:
     """Writes ``config.json`` and ``model.safetensors`` into ``folder`` (an empty directory)."""
     net = to_timm(model, card)
-    save_for_hf(net, str(folder), model_config={"label_names": list(card.classes)}, safe_serialization=True,
+    # tag: these are vitpipe's weights, not the architecture's default pretrained ones (e.g. fb_in1k)
+    config = {"label_names": list(card.classes), "pretrained_cfg": {"tag": "vitpipe"}}
+    save_for_hf(net, str(folder), model_config=config, safe_serialization=True,
                 data_config=data_config(card.eval_transform))
