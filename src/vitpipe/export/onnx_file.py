@@ -29,6 +29,7 @@ from vitpipe.model.model_file import ModelCard
 logger = logging.getLogger(__name__)
 
 OPSET = 18  # ai.onnx opset: ONNX Runtime >= 1.14 runs it
+MAX_WEIGHT_BYTES = 2**31 - 2**26  # protobuf's 2 GiB cap on one file, less room for the graph itself
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 
@@ -99,6 +100,10 @@ def export_backbone(backbone: nn.Module, path: Path, *, input_size: int, int8: b
 
 def _to_onnx(module: nn.Module, size: int, path: Path, *, output_name: str, metadata: dict[str, str],
              what: str) -> None:
+    weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    if weight_bytes > MAX_WEIGHT_BYTES:
+        raise VitpipeError(f"{what}: {weight_bytes / 2**30:.1f} GiB of weights is over the 2 GiB a single-file "
+                           f"ONNX model can hold; use --format timm.")
     example = torch.zeros(2, 3, size, size)  # (B, 3, H, W); values do not matter, B becomes dynamic
     with _quiet_exporter():
         try:
