@@ -82,8 +82,9 @@ def export_backbone(backbone: nn.Module, path: Path, *, input_size: int, int8: b
         backbone: a timm model without classifier (``num_classes=0``), on the CPU.
         path: the ``.onnx`` file to write (atomically).
         input_size: S, the side of the square input.
-        int8: ``onnxruntime.quantization.quantize_dynamic``: int8 weights, activations quantized
-            per batch at run time. Faster on CPUs with VNNI; the features are not bit-equal to fp32.
+        int8: ``onnxruntime.quantization.quantize_dynamic``: int8 weights (per output channel),
+            activations quantized per batch at run time. Faster on CPUs with VNNI; the features are
+            not bit-equal to fp32 (DeiT-tiny, random init: cosine 0.9995 on average, 0.9992 at worst).
     """
     if not int8:
         _to_onnx(backbone.eval(), input_size, path, output_name="features", metadata={}, what="backbone")
@@ -94,7 +95,7 @@ def export_backbone(backbone: nn.Module, path: Path, *, input_size: int, int8: b
         fp32 = Path(tmp) / "fp32.onnx"
         _to_onnx(backbone.eval(), input_size, fp32, output_name="features", metadata={}, what="backbone")
         with atomic_path(path) as out, _quiet_exporter(""):  # the quantizer logs each tensor to the root logger
-            quantize_dynamic(fp32, out, weight_type=QuantType.QInt8)
+            quantize_dynamic(fp32, out, weight_type=QuantType.QInt8, per_channel=True)
     return path
 
 
