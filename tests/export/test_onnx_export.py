@@ -166,18 +166,24 @@ def test_bad_onnx_file_or_device_is_one_line(tmp_path, onnx_path, photos, capsys
     assert len([line for line in err.splitlines() if "ERROR" in line]) == 1
 
 
-def test_an_onnx_file_without_the_vitpipe_card_is_refused(tmp_path, photos, capsys):
-    path = tmp_path / "backbone.onnx"
-    backbone = build_model(ModelParams(name="test_vit", img_size=32), 2, seed=0)[0].backbone
-    export_backbone(backbone, path, input_size=32)
-    rc = main(["predict", str(photos[0]), "--model", str(path)])
+@pytest.fixture(scope="module")
+def backbone() -> torch.nn.Module:
+    return build_model(ModelParams(name="test_vit", img_size=32), 2, seed=0)[0].backbone.eval()
+
+
+@pytest.fixture(scope="module")
+def backbone_onnx(backbone, tmp_path_factory) -> Path:
+    return export_backbone(backbone, tmp_path_factory.mktemp("backbone") / "fp32.onnx", input_size=32)
+
+
+def test_an_onnx_file_without_the_vitpipe_card_is_refused(backbone_onnx, photos, capsys):
+    rc = main(["predict", str(photos[0]), "--model", str(backbone_onnx)])
     err = capsys.readouterr().err
     assert rc == 2 and "not a vitpipe model file" in err and "Traceback" not in err
 
 
-def test_backbone_export_fp32_equals_pytorch_and_int8_stays_close(tmp_path, batch):
-    backbone = build_model(ModelParams(name="test_vit", img_size=32), 2, seed=0)[0].backbone.eval()
-    fp32 = open_session(export_backbone(backbone, tmp_path / "fp32.onnx", input_size=32))
+def test_backbone_export_fp32_equals_pytorch_and_int8_stays_close(backbone, backbone_onnx, tmp_path, batch):
+    fp32 = open_session(backbone_onnx)
     int8 = open_session(export_backbone(backbone, tmp_path / "int8.onnx", input_size=32, int8=True))
     with torch.no_grad():
         expected = backbone(batch[:8])  # (8, D)
@@ -187,4 +193,4 @@ def test_backbone_export_fp32_equals_pytorch_and_int8_stays_close(tmp_path, batc
     cosine = torch.nn.functional.cosine_similarity(got8, expected).min()
     print(f"int8 backbone: min cosine to fp32 {cosine:.4f}")
     assert cosine > 0.95 and not torch.equal(got8, got32)  # quantized, yet the same features
-    assert (tmp_path / "int8.onnx").stat().st_size < (tmp_path / "fp32.onnx").stat().st_size / 2
+    assert (tmp_path / "int8.onnx").stat().st_size < backbone_onnx.stat().st_size / 2
