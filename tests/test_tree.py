@@ -66,8 +66,18 @@ def reached_files(script: Path) -> set[Path]:
     return seen
 
 
+# dvc.yaml holds the default pipeline; export/dvc.yaml the optional export stage (run from the repo root).
+PIPELINE_FILES = ("dvc.yaml", "export/dvc.yaml")
+
+
 def _stages() -> dict[str, dict]:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    stages = {}
+    for name in PIPELINE_FILES:
+        path = REPO / name
+        for stage_name, stage in yaml.safe_load(path.read_text(encoding="utf-8"))["stages"].items():
+            assert (path.parent / stage.get("wdir", ".")).resolve() == REPO, f"{name}:{stage_name} must run from the repo root"
+            stages[stage_name] = stage
+    return stages
 
 
 def _script(stage: dict) -> Path:

@@ -136,6 +136,31 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from vitpipe.errors import VitpipeError
+    from vitpipe.export.export import export_model
+
+    if not args.format:
+        raise VitpipeError("--format: give onnx or timm, e.g. `vitpipe export --format onnx`.")
+    params = load_params(args.params) if args.params.exists() else None  # quoted in the model card
+    for path in export_model(args.model, args.format, args.out, metrics_dir=args.metrics, params=params):
+        print(path)  # noqa: T201 - the files written are this command's output
+    return 0
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write the model as ONNX or as a timm / Hugging Face Hub folder")
+    p.add_argument("--model", type=Path, default=Path("models/model.safetensors"), help="model file from the train stage")
+    p.add_argument("--format", metavar="onnx|timm",
+                   help="onnx: model.onnx (class names and preprocessing in its metadata); timm: config.json, "
+                        "model.safetensors and README.md (needs model.head_hidden: 0)")
+    p.add_argument("--out", type=Path, help="folder to write (default: models/onnx or models/timm); "
+                   "created, or replaced when it holds only a previous export")
+    p.add_argument("--metrics", type=Path, default=Path("metrics"),
+                   help="timm: the model card quotes test.json, data.json and train.json from here")
+    p.set_defaults(func=_cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="vitpipe", description=__doc__)
@@ -158,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="class probabilities for image files and directories (evaluate's transform)")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files, or directories searched recursively")
-    p.add_argument("--model", type=Path, default=Path("models/model.safetensors"), help="model file from the train stage")
+    p.add_argument("--model", type=Path, default=Path("models/model.safetensors"),
+                   help="model file from the train stage, or its .onnx from `vitpipe export`")
     p.add_argument("--top-k", type=_positive_int, default=5, help="classes shown per image (default: 5)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
@@ -201,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", type=_precision_list, default=(),
                    help="comma-separated train.precision values (bf16,fp32), one vitpipe run each")
     p.set_defaults(func=_cmd_bench)
+
+    _add_export_parser(sub)
     return parser
 
 

@@ -3,7 +3,8 @@
 The model file carries the eval transform it was validated with (``card.eval_transform``), and
 :class:`vitpipe.evaluate.inference.Predictor` is the code path evaluate uses, so a test image gets the same
 probabilities here as in ``metrics/predictions.csv``. An unreadable or missing file is reported
-and skipped; the others are still predicted.
+and skipped; the others are still predicted. ``--model`` may also be the ``.onnx`` file of
+``vitpipe export`` (onnxruntime, fp32; same output format).
 """
 
 from __future__ import annotations
@@ -129,7 +130,14 @@ def _flush(predictor: Predictor, pending: list[tuple[str, torch.Tensor | str]], 
 
 
 def load_predictor(model_path: Path, *, device: str = "auto", tta: bool = False) -> Predictor:
-    """:func:`vitpipe.evaluate.inference.load_predictor`, with a bad device named as the ``--device`` option."""
+    """:func:`vitpipe.evaluate.inference.load_predictor`, with a bad device named as the ``--device`` option.
+
+    A ``.onnx`` file from ``vitpipe export`` runs on onnxruntime instead, with the same interface.
+    """
+    if Path(model_path).suffix == ".onnx":
+        from vitpipe.export.onnx_predictor import load_onnx_predictor
+
+        return load_onnx_predictor(model_path, device=device, tta=tta)  # type: ignore[return-value]
     try:
         return inference.load_predictor(model_path, device=device, tta=tta)
     except VitpipeError as exc:

@@ -1,0 +1,162 @@
+"""README.md of an exported folder: how to load it, the params, the test metrics with their counts,
+the data-check summary and the provenance, read from the pipeline's files when they are present.
+
+Each file is checked against the model before it is quoted (same class names, same architecture,
+params hashed like metrics/train.json's ``params_hash``; dvc.lock's record of the model file when
+there is one), and what is missing or does not match is said instead of quoted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vitpipe.fileio import read_json
+from vitpipe.model.model_file import ModelCard
+from vitpipe.params import Params
+
+
+def render_model_card(card: ModelCard, *, model_path: Path, metrics_dir: Path, params: Params | None,
+                      dvc_lock: Path = Path("dvc.lock")) -> str:
+    """The README.md text (Hugging Face model card: YAML front matter, then markdown)."""
+    front = {"library_name": "timm", "pipeline_tag": "image-classification",
+             "tags": ["image-classification", "timm", "vitpipe"]}
+    train = _read(metrics_dir / "train.json")
+    parts = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+             f"# {card.model.name}, fine-tuned by vitpipe: {len(card.classes)} classes", "",
+             _usage(card), _settings(card), _params(params, train),
+             _metrics(card, metrics_dir / "test.json", _verified(model_path, dvc_lock)),
+             _data(card, metrics_dir / "data.json"), _provenance(card, metrics_dir / "train.json", train)]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _usage(card: ModelCard) -> str:
+    n, arch, spec = len(card.classes), card.model.name, card.eval_transform
+    size = f", img_size={card.model.img_size}" if card.model.img_size else ""
+    rounding = ("\nvitpipe's head was trained on backbone features rounded to bfloat16 (the feature cache); "
+                "timm feeds it unrounded fp32 features, so its logits equal vitpipe's model run in fp32 "
+                "without that rounding, and differ from `vitpipe predict` by the rounding (and by bf16 "
+                "autocast when `precision` below is bf16).\n" if card.feature_dtype else "")
+    classes = "\n".join(f"| {i} | {name} |" for i, name in enumerate(card.classes))
+    return f"""## Use it
+
+```python
+import timm
+model = timm.create_model("local-dir:path/to/this/folder", pretrained=True).eval()  # reads config.json
+# after huggingface_hub.upload_folder(repo_id="USER/NAME", folder_path="path/to/this/folder"):
+model = timm.create_model("hf-hub:USER/NAME", pretrained=True).eval()
+# the weights file alone: give num_classes in the overlay too, or timm drops the classifier
+model = timm.create_model("{arch}", pretrained=True, num_classes={n}{size},
+                          pretrained_cfg_overlay=dict(file="model.safetensors", num_classes={n})).eval()
+transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+```
+
+The transform is vitpipe's eval transform: resize the shorter side to {spec.resize} ({spec.interpolation}),
+center-crop {spec.crop}, mean {list(spec.mean)}, std {list(spec.std)}.
+{rounding}
+| index | class |
+| --- | --- |
+{classes}
+"""
+
+
+def _settings(card: ModelCard) -> str:
+    rows = {**{f"model.{k}": v for k, v in dataclasses.asdict(card.model).items()},
+            "precision": card.precision, "feature_dtype": card.feature_dtype, "weights_source": card.weights_source}
+    return "## Model settings (from the model file)\n\n" + _table(rows)
+
+
+def _params(params: Params | None, train: dict[str, Any] | None) -> str:
+    head = "## Params\n\n"
+    if params is None:
+        return head + "No params.yaml here: the params of the run are not known beyond the model settings above.\n"
+    if train is None or train.get("params_hash") != params.training_hash():
+        recorded = train.get("params_hash") if train else None
+        return head + (f"params.yaml (hash {params.training_hash()}) is not the run's (metrics/train.json: "
+                       f"{recorded}): not listed.\n")
+    rows = {f"{section}.{k}": v for section in ("data", "model", "train")
+            for k, v in _flat(dataclasses.asdict(getattr(params, section))).items()}
+    return head + f"params.yaml, the run's (params_hash {params.training_hash()} as in metrics/train.json):\n\n" + _table(rows)
+
+
+def _metrics(card: ModelCard, path: Path, verified: str) -> str:
+    head = f"## Test metrics ({path})\n\n"
+    test = _read(path)
+    if test is None:
+        return head + f"{path}: not found or unreadable (run `dvc repro evaluate`).\n"
+    per_class = test.get("per_class") or {}
+    if set(per_class) != set(card.classes):
+        return head + f"{path} scores other classes than this model's: not quoted.\n"
+    lines = [verified, "",
+             f"- accuracy: {test['accuracy']:.4f} ({test['correct']}/{test['n_images']} images)",
+             f"- top-5 accuracy: {test.get('top5_accuracy')}", f"- macro F1: {test.get('macro_f1')}",
+             f"- loss: {test.get('loss')}", "", "| class | accuracy | correct / images |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {c['accuracy']:.4f} | {c['correct']}/{c['support']} |" for name, c in per_class.items()]
+    return head + "\n".join(lines) + "\n"
+
+
+def _data(card: ModelCard, path: Path) -> str:
+    head = f"## Data check ({path})\n\n"
+    data = _read(path)
+    if data is None:
+        return head + f"{path}: not found or unreadable (run `dvc repro split-check`).\n"
+    if list(data.get("classes", [])) != list(card.classes):
+        return head + f"{path} lists other classes than this model's: not quoted.\n"
+    dup = data.get("duplicates", {})
+    rows = {"accepted": data.get("accepted"), "classes": data.get("n_classes"),
+            **{f"images ({split})": s.get("images") for split, s in data.get("splits", {}).items()},
+            "errors": data.get("n_errors"), "warnings": data.get("n_warnings"),
+            "duplicates within a split": dup.get("within_split"), "duplicates across splits": dup.get("cross_split"),
+            "skipped images": data.get("n_skipped_images"), "stray files": data.get("n_stray_files"),
+            "converted to RGB": data.get("converted")}
+    return head + _table(rows)
+
+
+def _provenance(card: ModelCard, path: Path, train: dict[str, Any] | None) -> str:
+    head = f"## Provenance ({path})\n\n"
+    if train is None:
+        return head + f"{path}: not found or unreadable (run `dvc repro train`).\n"
+    if train.get("model") != card.model.name:
+        return head + f"{path} is about {train.get('model')!r}, not {card.model.name}: not quoted.\n"
+    return head + _table(train)
+
+
+def _verified(model_path: Path, dvc_lock: Path) -> str:
+    """Whether dvc.lock says the evaluate stage scored this very file."""
+    try:
+        lock = yaml.safe_load(dvc_lock.read_text(encoding="utf-8"))
+        deps = lock["stages"]["evaluate"]["deps"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return f"Not checked against the model file ({dvc_lock} has no evaluate stage here)."
+    rel = Path(os.path.relpath(Path(model_path).absolute(), dvc_lock.absolute().parent)).as_posix()
+    recorded = next((d.get("md5") for d in deps if isinstance(d, dict) and d.get("path") == rel), None)
+    actual = hashlib.md5(Path(model_path).read_bytes()).hexdigest()  # noqa: S324 - DVC's own file hash
+    if recorded == actual:
+        return f"Scored on this very model file ({dvc_lock}: evaluate's {rel}, md5 {actual})."
+    return (f"Caution: {dvc_lock} records evaluate's {rel} as md5 {recorded}, this model file is {actual}: "
+            f"these metrics may be another model's.")
+
+
+def _flat(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def _table(rows: dict[str, Any]) -> str:
+    body = "\n".join(f"| {k} | {'null' if v is None else v} |" for k, v in _flat(rows).items())
+    return f"| key | value |\n| --- | --- |\n{body}\n"
