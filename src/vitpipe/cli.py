@@ -74,18 +74,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    import shutil
+    from vitpipe import cachedir
 
-    from vitpipe.model.features import default_cache_dir
-
-    root = default_cache_dir().parent  # features/ and decoded/
-    files = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
-    size_mb = sum(p.stat().st_size for p in files) / 1e6
-    if args.clear and root.is_dir():
-        shutil.rmtree(root)
-        logger.info("removed %s (%d files, %.1f MB)", root, len(files), size_mb)
-    else:
-        print(f"{root}: {len(files)} files, {size_mb:.1f} MB")  # noqa: T201 - the command's output
+    if args.clear:
+        root, files, size = cachedir.clear()
+        logger.info("removed %s (%d files, %.1f MB)", root, files, size / 1e6)
+        return 0
+    root = cachedir.cache_root()
+    files, size = cachedir.usage(root) if root.is_dir() else (0, 0)
+    print(f"{root}: {files} files, {size / 1e6:.1f} MB")  # noqa: T201 - the command's output
     return 0
 
 
@@ -166,8 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive_int, default=5, help="rows in the class and confusion tables (default: 5)")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("cache", help="size of the feature cache and decoded images ($VITPIPE_CACHE_DIR); --clear")
-    p.add_argument("--clear", action="store_true", help="remove them (they are recomputed when needed)")
+    p = sub.add_parser("cache", help="size of vitpipe's cache folder ($VITPIPE_CACHE_DIR, default ~/.cache/vitpipe); "
+                       "--clear")
+    p.add_argument("--clear", action="store_true", help="delete it, if vitpipe created it (all of it is recomputed "
+                   "when needed)")
     p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser("bench", help="time the tutorial's loop against vitpipe's train stage; append to BENCHMARKS.md")
