@@ -16,9 +16,11 @@ from vitpipe.params import PARAMS_FILE, DataParams, Params, load_params
 logger = logging.getLogger(__name__)
 
 
-def _params_or_defaults(path: Path) -> Params:
-    """params.yaml when there is one (in a vitpipe checkout), else the built-in defaults."""
-    return load_params(path) if path.exists() else Params()
+def _params_or_defaults(path: Path | None) -> Params:
+    """The ``--params`` file (which must exist); without one ./params.yaml if present, else the defaults."""
+    if path is not None:
+        return load_params(path)
+    return load_params(PARAMS_FILE) if PARAMS_FILE.exists() else Params()
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
@@ -130,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="vitpipe", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE,
-                        help="params file for defaults (default: ./params.yaml if present)")
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params file for defaults (default: ./params.yaml if present, else the built-in defaults)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", help="fetch a dataset into DEST/{train,valid,test}/<class>/")

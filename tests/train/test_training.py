@@ -313,6 +313,26 @@ def test_torchrun_refuses_the_single_process_feature_cache(monkeypatch, tmp_path
         run_training(tiny_params(), tiny_index, _outputs(tmp_path))
 
 
+@pytest.mark.parametrize("name", ["test_vit", "test_convnext", "test_resnet", "test_efficientnet", "test_coatnet"])
+def test_any_timm_family_trains_evaluates_and_predicts(tmp_path, tiny_index, name):
+    """ViT, ConvNeXt, ResNet and EfficientNet (BatchNorm: 0-dim num_batches_tracked buffers) and a
+    conv-attention hybrid, through the feature cache, evaluate and predict (issue 10, item 4).
+    The CNNs take no img_size argument: model.img_size then sets the input size alone."""
+    from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
+    from vitpipe.evaluate.predict import ImagePrediction, predict_paths
+
+    params = dataclasses.replace(tiny_params(epochs=1), model=ModelParams(name=name, img_size=32, head_hidden=16))
+    out = _outputs(tmp_path)
+    metrics = run_training(params, tiny_index, out)
+    assert metrics["model"] == name and metrics["engine"] == "feature-cache"
+    scored = run_evaluation(params, tiny_index, out.model, EvalOutputs(tmp_path / "test.json", tmp_path / "pc.csv",
+                                                                         tmp_path / "pred.csv"))
+    assert scored["n_images"] == len(tiny_index.samples("test"))
+    image = tiny_index.root / tiny_index.samples("test")[0].path
+    (result,) = predict_paths([image], out.model, top_k=2, device="cpu")
+    assert isinstance(result, ImagePrediction) and len(result.top) == 2
+
+
 def test_stage_script_turns_bad_params_into_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("train:\n  lr: -1\n")
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--index", "x", "--model", "m",

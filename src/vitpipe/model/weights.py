@@ -55,30 +55,53 @@ def _hub_offline_if_unreachable(pretrained: bool) -> Iterator[None]:
 
 
 def create_backbone(params: ModelParams) -> nn.Module:
+    """The timm model without its classifier. A model that takes no ``img_size`` argument (most
+    CNNs take any input size) is created without it, and checked to run at ``model.img_size``."""
     kwargs: dict[str, Any] = {"num_classes": 0}
     if params.img_size is not None:
         kwargs["img_size"] = params.img_size
     try:
-        with _hub_offline_if_unreachable(params.pretrained):
+        return _create(params, kwargs)
+    except TypeError as exc:
+        if "img_size" not in kwargs or "img_size" not in str(exc):
+            raise VitpipeError(f"model: {params.name} does not accept these settings ({exc}).") from None
+    backbone = _create(params, {"num_classes": 0})
+    try:
+        with torch.no_grad():
+            backbone.eval()(torch.zeros(1, 3, params.img_size, params.img_size))
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise VitpipeError(f"model.img_size: {params.name} does not run at {params.img_size} px ({reason}); "
+                           f"unset model.img_size or pick another size.") from None
+    logger.info("%s takes no img_size argument; it runs at model.img_size %d as it is", params.name,
+                params.img_size)
+    return backbone
+
+
+def _create(params: ModelParams, kwargs: dict[str, Any]) -> nn.Module:
+    hub = params.name.startswith(("hf-hub:", "hf_hub:"))
+    try:
+        with _hub_offline_if_unreachable(params.pretrained or hub):
             return timm.create_model(params.name, pretrained=params.pretrained, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or "unknown model" in str(exc).lower():
             raise VitpipeError(f"model.name: {params.name!r} is not a timm model. List them with "
                                f"`python -c \"import timm; print(timm.list_models('*vit*'))\"`.") from None
-        if params.pretrained:
+        if params.pretrained or hub:
             raise _offline_error(params.name, exc) from None
         raise
-    except TypeError as exc:
-        raise VitpipeError(f"model: {params.name} does not accept these settings ({exc}); "
-                           f"unset model.img_size.") from None
     except (OSError, ValueError, ImportError) as exc:
-        if params.pretrained:
+        if params.pretrained or hub:
             raise _offline_error(params.name, exc) from None
         raise
 
 
 def _offline_error(name: str, exc: BaseException) -> VitpipeError:
     reason = type(exc).__name__  # the Hub's messages run to several sentences
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        return VitpipeError(f"model.name {name}: its config could not be downloaded from the Hugging Face Hub "
+                            f"(offline? {reason}). Use a timm model name (e.g. deit_tiny_patch16_224), or "
+                            f"run once with network so the Hub's cache holds it.")
     return VitpipeError(
         f"No pretrained weights could be downloaded for {name} (offline? {reason}). "
         f"Set model.pretrained: false, or model.weights: path/to/file.safetensors."
