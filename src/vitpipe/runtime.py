@@ -24,7 +24,7 @@ def resolve_device(spec: str) -> torch.device:
     """``auto`` picks CUDA when there is a GPU; asking for CUDA without one, or for another device, is an error."""
     match = _DEVICE.fullmatch(spec.strip())
     if match is None:
-        raise VitpipeError(f"train.device: {spec!r} is not a device vitpipe runs on; use auto, cpu, cuda or cuda:N.")
+        raise VitpipeError(f"train.device: {spec} is not a device vitpipe runs on; use auto, cpu, cuda or cuda:N.")
     if spec.strip() == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.strip() == "cpu":

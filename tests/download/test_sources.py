@@ -439,3 +439,28 @@ def test_links_inside_a_local_source_are_copied_as_files(tmp_path: Path) -> None
     sources.fetch(str(src), tmp_path / "data", DataParams())
     copied = tmp_path / "data" / "train" / "ADONIS" / "again.png"
     assert not copied.is_symlink() and copied.read_bytes() == (src / "train" / "MONARCH" / "000.png").read_bytes()
+
+
+# --- nothing silently accepted (issue 10, item 8) -------------------------------------------------
+
+@pytest.mark.usefixtures("_restore_logging")
+@pytest.mark.parametrize("sha", ["xyz", "0" * 63, "g" * 64, " "])
+def test_a_malformed_sha256_is_refused_before_any_download(tmp_path: Path, server: str, archives: dict[str, Path],
+                                                           capsys: pytest.CaptureFixture[str], sha: str) -> None:
+    _Handler.routes["/d.zip"] = [(200, archives["zip"].read_bytes(), None)]
+    assert cli.main(["download", f"{server}/d.zip", str(tmp_path / "data"), "--sha256", sha]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a SHA-256" in err[0] and "--sha256" in err[0]
+    assert _Handler.hits == {} and not (tmp_path / "data").exists()
+
+
+def test_hidden_class_folders_and_files_are_named_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = _images(tmp_path / "src", {**EDITION, "train/...": 2, "train/.x": 2})
+    (src / "train" / "ADONIS" / ".hidden.png").write_bytes((src / "train" / "ADONIS" / "000.png").read_bytes())
+    (src / "train" / "ADONIS" / ".DS_Store").write_bytes(b"litter")
+    with caplog.at_level(logging.WARNING):
+        sources.fetch(str(src), tmp_path / "data", DataParams())
+    assert not (tmp_path / "data" / "train" / ".x").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("2 hidden folder(s) skipped" in w and "..., .x" in w for w in warnings), warnings
+    assert any("1 hidden file(s) skipped: .hidden.png" in w for w in warnings), warnings

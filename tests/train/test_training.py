@@ -169,6 +169,15 @@ def test_offline_pretrained_gives_the_clear_message_at_once(monkeypatch, tmp_pat
     assert "model.pretrained: false" in message and "\n" not in message
 
 
+def test_an_hf_hub_model_name_offline_fails_at_once_in_one_line(monkeypatch, tmp_path):
+    """timm fetches an hf-hub: model's config even without pretrained weights (issue 10, item 6)."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setattr("vitpipe.model.weights._hub_unreachable", lambda: "huggingface.co: unreachable (test)")
+    with pytest.raises(VitpipeError) as err:
+        build_model(ModelParams(name="hf-hub:timm/deit_tiny_patch16_224.fb_in1k"), 3, seed=0)
+    assert "hf-hub:timm/deit_tiny_patch16_224.fb_in1k" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(VitpipeError, match="not a timm model"):
         build_model(ModelParams(name="vit_imaginary"), 3, seed=0)

@@ -144,12 +144,23 @@ def carve(files: list[Path], *, class_name: str, val_fraction: float, test_fract
             "train": sorted(shuffled[n_val + n_test:])}
 
 
+def _warn_hidden(folder: Path, what: str, *, dirs: bool) -> None:
+    """Logs the hidden entries of ``folder`` that are skipped (macOS and Windows litter aside)."""
+    hidden = sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.is_dir() == dirs
+                    and p.name not in _JUNK and not p.name.startswith("._"))
+    if hidden:
+        logger.warning("%s: %d %s: %s; rename them if they are meant to be used", folder, len(hidden), what,
+                       ", ".join(hidden[:10]) + (", ..." if len(hidden) > 10 else ""))
+
+
 def _plan(found: SplitRoot, *, val_fraction: float, test_fraction: float,
           seed: int) -> dict[str, dict[str, list[Path]]]:
     """split -> class -> files, carving the missing valid/test splits off train."""
     plan: dict[str, dict[str, list[Path]]] = {s: {} for s in SPLITS}
     for split, folder in found.splits.items():
+        _warn_hidden(folder, "hidden folder(s) skipped, not used as classes", dirs=True)
         for class_dir in _subdirs(folder):
+            _warn_hidden(class_dir, "hidden file(s) skipped", dirs=False)
             if any(p.is_dir() and _visible(p) for p in class_dir.iterdir()):
                 logger.warning("%s: sub-folders are ignored; only files directly in it are used", class_dir)
             files = class_files(class_dir)

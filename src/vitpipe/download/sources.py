@@ -154,6 +154,9 @@ def _https_download(url: str, scratch: Path, data: DataParams, max_bytes: int) -
     if not data.sha256:
         raise VitpipeError(f"data.sha256 is required for {url}: download the file once, run "
                            f"`sha256sum FILE`, and set data.sha256 (or pass --sha256).")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", data.sha256.strip()):
+        raise VitpipeError(f"data.sha256 (--sha256) {data.sha256!r} is not a SHA-256 (64 hex digits, as "
+                           f"`sha256sum FILE` prints); fix it before anything is downloaded.")
     name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name.lower()
     suffix = next((s for s in archive.ARCHIVE_SUFFIXES if name.endswith(s)), ".download")
     scratch.mkdir(parents=True, exist_ok=True)
