@@ -7,7 +7,9 @@ import dataclasses
 import hashlib
 import http.server
 import logging
+import signal
 import socket
+import subprocess
 import sys
 import tarfile
 import threading
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BUTTERFLIES  # noqa: E402
+from conftest import BUTTERFLIES, REPO  # noqa: E402
 from PIL import Image
 
 from vitpipe import cli
@@ -282,6 +284,19 @@ def test_download_over_the_size_cap_is_refused(tmp_path: Path, server: str, arch
     assert not (tmp_path / "data").exists()
 
 
+def test_an_https_zip_bomb_is_named_by_its_url_not_a_deleted_temp_path(tmp_path: Path, server: str) -> None:
+    """Issue 10, item 11: the archive was downloaded to a scratch file that is gone by the time the user reads."""
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("train/a/zeros.png", b"\0" * 2_000_000)  # ~2 KB on the wire
+    _Handler.routes["/bomb.zip"] = [(200, bomb.read_bytes(), None)]
+    with pytest.raises(VitpipeError) as err:
+        sources.fetch(f"{server}/bomb.zip", tmp_path / "data", DataParams(sha256=_sha(bomb), max_extract_gb=1e-3))
+    message = str(err.value)
+    assert message.startswith(f"{server}/bomb.zip: refused to extract") and "Raise data.max_extract_gb" in message
+    assert ".incoming" not in message and ".tmp" not in message
+
+
 # --- kaggle --------------------------------------------------------------------------------------
 
 def _kaggle(monkeypatch: pytest.MonkeyPatch, result: Path | BaseException) -> list[str]:
@@ -464,3 +479,29 @@ def test_hidden_class_folders_and_files_are_named_in_the_log(tmp_path: Path, cap
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("2 hidden folder(s) skipped" in w and "..., .x" in w for w in warnings), warnings
     assert any("1 hidden file(s) skipped: .hidden.png" in w for w in warnings), warnings
+
+
+# --- a killed download leaves nothing git would commit, and the next run cleans it (item 10) -----
+
+def test_a_download_killed_mid_copy_leaves_an_ignored_temp_that_the_next_run_removes(tmp_path: Path) -> None:
+    src = _images(tmp_path / "src", EDITION)
+    dest = tmp_path / "data" / "raw"
+    kill_after_one_file = (
+        "import os, signal, sys\n"
+        "from vitpipe.download import layout\n"
+        "copy = layout._copy\n"
+        "def copy_then_die(*args, **kwargs):\n"
+        "    copy(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "layout._copy = copy_then_die\n"
+        "from vitpipe.cli import main\n"
+        "main(['download', sys.argv[1], sys.argv[2]])\n")
+    proc = subprocess.run([sys.executable, "-c", kill_after_one_file, str(src), str(dest)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    (left,) = (tmp_path / "data").iterdir()
+    assert left.name.startswith(".raw.") and left.name.endswith(".tmp") and any(left.rglob("*.png"))
+    inside = next(left.rglob("*.png")).relative_to(tmp_path).as_posix()
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "-q", inside], cwd=REPO)
+    assert ignored.returncode == 0, f"git would commit {inside}"
+    sources.fetch(str(src), dest, DataParams())
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]

@@ -144,7 +144,7 @@ def _obtain(source: str, scratch: Path, data: DataParams) -> tuple[SplitRoot, bo
 
 def _unpack(path: Path, scratch: Path, label: str, max_bytes: int) -> SplitRoot:
     extracted = scratch / "extracted"
-    archive.extract(path, extracted, max_bytes=max_bytes)
+    archive.extract(path, extracted, max_bytes=max_bytes, label=label)
     if path.is_relative_to(scratch):
         path.unlink()  # the downloaded archive is no longer needed: free its space now
     return find_split_root(extracted, label=label)

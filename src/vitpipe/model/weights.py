@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
+import re
 import socket
 import sys
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +111,29 @@ def _offline_error(name: str, exc: BaseException) -> VitpipeError:
     )
 
 
+def safe_torch_load(path: Path, *, what: str) -> Any:
+    """``torch.load(weights_only=True)``; a file holding more than tensors is refused, never loaded.
+
+    Torch's own message advises loading with ``weights_only=False`` (which runs any code in the
+    file): vitpipe never repeats that advice.
+
+    Raises:
+        VitpipeError: the file holds Python objects (``what`` names the setting) or is not a checkpoint.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise VitpipeError(f"{what}: {path} is not a weights file vitpipe trusts: it holds Python objects, not "
+                           f"only tensors, and loading those could run code. Use a .safetensors file, or a .pth "
+                           f"of plain tensors.") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a foreign file
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split(". ")[0].splitlines()[0][:160] or type(exc).__name__
+        raise VitpipeError(f"{what}: {path} is not a readable PyTorch checkpoint ({reason}); download it again "
+                           f"or convert it to .safetensors.") from None
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Reads tensors from ``.safetensors`` or, safely, from ``.pth``/``.pt`` (``weights_only=True``)."""
     if not path.is_file():
@@ -121,12 +147,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise VitpipeError(f"model.weights: {path} is not a readable safetensors file ({exc}).") from None
     if path.suffix not in (".pth", ".pt", ".bin"):
         raise VitpipeError(f"model.weights: {path} must end in .safetensors, .pth or .pt.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise VitpipeError(f"model.weights: {path} refused: not a plain tensor checkpoint ({first}). "
-                           f"Only weights load (weights_only=True); convert it to .safetensors.") from None
+    obj = safe_torch_load(path, what="model.weights")
     for key in ("model_ema", "state_dict_ema", "model", "state_dict"):  # DeiT / timm train.py layouts
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
