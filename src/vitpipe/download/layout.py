@@ -10,6 +10,7 @@ carved off train per class, deterministically (see :func:`carve_counts` for the 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import logging
 import math
@@ -202,10 +203,12 @@ def _copy(src: Path, target: Path, *, move: bool) -> None:
         else:
             shutil.copyfile(src, target)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):  # the write failed
+            raise OSError(exc.errno, exc.strerror, str(target)) from None  # the download's folder names it
         if exc.filename is not None and Path(os.fsdecode(exc.filename)) == src:
             raise VitpipeError(f"{src}: could not read it ({exc.strerror or exc}); fix its permissions or "
                                f"remove it from the source.") from None
-        raise  # a failed write: the download's atomic folder names the destination
+        raise
 
 
 def materialise(found: SplitRoot, out: Path, *, val_fraction: float, test_fraction: float, seed: int,

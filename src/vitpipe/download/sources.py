@@ -17,7 +17,7 @@ from pathlib import Path
 from vitpipe.download import archive, http_fetch
 from vitpipe.download.layout import SplitRoot, find_split_root, materialise
 from vitpipe.errors import VitpipeError
-from vitpipe.fileio import atomic_dir
+from vitpipe.fileio import DISK_ERRNOS, atomic_dir
 from vitpipe.params import DataParams
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,9 @@ def _kaggle_download(source: str) -> Path:
     try:
         local = Path(kagglehub.dataset_download(handle))
     except kaggle_errors as exc:  # requests' errors (offline: ConnectionError) are OSErrors
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            raise VitpipeError(f"could not store kaggle:{name} in kagglehub's cache ({_short(exc)}); free space "
+                               f"there, or set KAGGLEHUB_CACHE to a folder with room.") from None
         raise VitpipeError(f"could not download kaggle:{name} ({_short(exc)}); needs network and Kaggle "
                            f"credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY), or set "
                            f"data.source to a local directory.") from None
