@@ -51,6 +51,12 @@ def test_an_unwritable_folder_is_one_line(tmp_path, monkeypatch):
             write()
 
 
+def test_a_file_path_that_is_a_folder_is_one_line(tmp_path):
+    (tmp_path / "models").mkdir()
+    with pytest.raises(VitpipeError, match=r"could not write .*models: it is a folder; give the path of a file"):
+        fileio.write_bytes(tmp_path / "models", b"weights")
+
+
 def test_an_input_error_inside_the_block_is_not_called_a_write_error(tmp_path):
     with pytest.raises(FileNotFoundError), atomic_path(tmp_path / "out.json"):
         (tmp_path / "missing-input.jpg").read_bytes()

@@ -35,16 +35,16 @@ def disk_error_text(exc: BaseException, path: Path | str) -> str:
 
 def write_error(path: Path | str, exc: BaseException) -> VitpipeError:
     """The one-line error for a failed write of ``path``."""
+    if getattr(exc, "errno", None) == errno.EISDIR:
+        return VitpipeError(f"could not write {path}: it is a folder; give the path of a file there.")
     return VitpipeError(f"could not write {disk_error_text(exc, path)}. Free space or fix permissions "
                         f"there, then run again.")
 
 
 def _is_disk_error(exc: OSError, tmp: Path, path: Path) -> bool:
     """True for a failed write of ``path`` or into ``tmp`` (not, say, an unreadable input read in the block)."""
-    if exc.errno not in DISK_ERRNOS:
-        return False
     if exc.filename is None:
-        return True
+        return exc.errno in DISK_ERRNOS
     name = Path(os.fsdecode(exc.filename))
     return name in (path, path.parent) or name == tmp or name.is_relative_to(tmp)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,13 @@ def test_a_thin_image_is_refused_at_check_time_by_name(tmp_path):
     assert "6000x1 pixels, sides in a ratio over 20:1" in errors[0]
     skipped = check_dataset(root, dataclasses.replace(DATA, bad_images="skip"))
     assert skipped.accepted and "train/B/panorama.png" in {s.path for s in skipped.index.samples("train")}
+
+
+def test_a_fifo_named_like_an_image_is_stray_and_never_read(tmp_path):
+    root = _good(tmp_path)
+    os.mkfifo(root / "train" / "A" / "pipe.jpg")  # reading it would block forever
+    result = check_dataset(root, DATA)
+    assert result.accepted and "train/A/pipe.jpg: not a regular file; not used." in result.warnings
 
 
 def test_unreadable_images_are_skipped_and_listed(tmp_path):

@@ -346,6 +346,24 @@ def test_any_timm_family_trains_evaluates_and_predicts(tmp_path, tiny_index, nam
     assert isinstance(result, ImagePrediction) and len(result.top) == 2
 
 
+def test_an_img_size_the_model_cannot_run_at_is_one_line():
+    """timm builds a ViT at 17 px, which then fails in its first forward pass, deep in a DataLoader loop."""
+    with pytest.raises(VitpipeError, match=r"model.img_size: test_vit does not run at 17 px \(Input height"):
+        build_model(ModelParams(name="test_vit", img_size=17), 3, seed=0)
+
+
+def test_an_image_gone_since_split_check_is_one_line_naming_it(tmp_path, tiny_data, tiny_index):
+    import shutil
+
+    shutil.copytree(tiny_data, tmp_path / "data")
+    index = dataclasses.replace(tiny_index, root=tmp_path / "data")
+    gone = tmp_path / "data" / index.samples("train")[3].path
+    gone.unlink()
+    with pytest.raises(VitpipeError) as err:
+        run_training(tiny_params(epochs=1), index, _outputs(tmp_path / "out"))
+    assert str(err.value).startswith(f"{gone}: no longer exists") and "dvc repro" in str(err.value)
+
+
 def test_stage_script_turns_bad_params_into_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("train:\n  lr: -1\n")
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--index", "x", "--model", "m",

@@ -58,27 +58,36 @@ def _hub_offline_if_unreachable(pretrained: bool) -> Iterator[None]:
 
 
 def create_backbone(params: ModelParams) -> nn.Module:
-    """The timm model without its classifier. A model that takes no ``img_size`` argument (most
-    CNNs take any input size) is created without it, and checked to run at ``model.img_size``."""
+    """The timm model without its classifier, checked to run at ``model.img_size`` when that is set.
+
+    A model that takes no ``img_size`` argument (most CNNs take any input size) is created without it.
+    """
     kwargs: dict[str, Any] = {"num_classes": 0}
     if params.img_size is not None:
         kwargs["img_size"] = params.img_size
     try:
-        return _create(params, kwargs)
+        backbone = _create(params, kwargs)
     except TypeError as exc:
         if "img_size" not in kwargs or "img_size" not in str(exc):
             raise VitpipeError(f"model: {params.name} does not accept these settings ({exc}).") from None
-    backbone = _create(params, {"num_classes": 0})
+        backbone = _create(params, {"num_classes": 0})
+        logger.info("%s takes no img_size argument; it runs at model.img_size %d as it is", params.name,
+                    params.img_size)
+    if params.img_size is not None:
+        _check_runs_at(backbone, params)
+    return backbone
+
+
+def _check_runs_at(backbone: nn.Module, params: ModelParams) -> None:
+    """One forward pass at ``model.img_size``: a size the model cannot take fails here, in one line."""
+    size = params.img_size
     try:
         with torch.no_grad():
-            backbone.eval()(torch.zeros(1, 3, params.img_size, params.img_size))
+            backbone.eval()(torch.zeros(1, 3, size, size))
     except (RuntimeError, ValueError, AssertionError) as exc:
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise VitpipeError(f"model.img_size: {params.name} does not run at {params.img_size} px ({reason}); "
-                           f"unset model.img_size or pick another size.") from None
-    logger.info("%s takes no img_size argument; it runs at model.img_size %d as it is", params.name,
-                params.img_size)
-    return backbone
+        raise VitpipeError(f"model.img_size: {params.name} does not run at {size} px ({reason}); unset "
+                           f"model.img_size or pick another size.") from None
 
 
 def _create(params: ModelParams, kwargs: dict[str, Any]) -> nn.Module:

@@ -28,7 +28,7 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from vitpipe.cachedir import make_cache_dir
-from vitpipe.data.images import load_rgb
+from vitpipe.data.torchdata import load_indexed
 from vitpipe.data.index import Sample
 from vitpipe.fileio import atomic_path, write_error, write_json
 from vitpipe.model.transforms import INTERPOLATION, EvalSpec
@@ -46,7 +46,7 @@ class _Crops(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.geometry(load_rgb(self.root / self.samples[i].path))).copy())
+        return torch.from_numpy(np.asarray(self.geometry(load_indexed(self.root, self.samples[i]))).copy())
 
 
 def _reserve(path: Path) -> None:
