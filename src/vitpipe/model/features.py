@@ -134,8 +134,9 @@ class FeatureCache:
                 save_file({"features": feats.contiguous()}, str(tmp),
                           metadata={"key": json.dumps(key_parts, sort_keys=True)})
         except (OSError, SafetensorError, VitpipeError) as exc:  # the cache is a speed-up: go on without it
-            logger.warning("could not store features in the cache (%s); going on without caching them. "
-                           "Free space there or set %s to a writable folder.", disk_error_text(exc, path), ENV)
+            reason = str(exc).split(". ")[0] if isinstance(exc, VitpipeError) else disk_error_text(exc, path)
+            logger.warning("feature cache: %s; features not cached, training goes on (free space there or set "
+                           "%s to a writable folder)", reason, ENV)
         return feats
 
 
