@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ BUTTERFLIES = REPO.parent / "shared" / "data" / "butterflies-10"
 def _isolated_feature_cache(tmp_path, monkeypatch):
     """No test reads or pollutes the user's feature cache."""
     monkeypatch.setenv("VITPIPE_CACHE_DIR", str(tmp_path / "feature-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """A command run by a test (``vitpipe.cli.main``) sets up logging on that test's captured stderr;
+    the next test must not log to it once it is closed."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """The params loader: defaults are the recipe; every bad key or value is one line naming the key."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,56 @@ def test_readme_parameter_tables_are_generated_from_the_fields_help():
     assert block.strip() == reference_markdown().strip(), (
         "README.md's parameter tables are stale; replace the block between the params markers with "
         "`python -c 'from vitpipe.params import reference_markdown; print(reference_markdown())'`")
+
+
+# --- bad params files (issue 10, items 6, 7 and 8) ---------------------------------------------
+
+STAGE_ARGS = {"check_params.py": [], "download.py": ["data/raw"],
+              "split_check.py": ["data/raw", "--index", "i.json", "--report", "r.json"],
+              "train.py": ["--index", "i", "--model", "m", "--checkpoint", "c", "--metrics", "t", "--history", "h"],
+              "evaluate.py": ["--index", "i", "--model", "m", "--metrics", "t", "--per-class", "p",
+                              "--predictions", "q"],
+              "export.py": ["--model", "m", "--out", "o"]}
+
+
+@pytest.mark.parametrize("script", sorted(STAGE_ARGS))
+def test_every_stage_script_refuses_an_unknown_section_in_one_line(tmp_path, script):
+    assert {p.name for p in (REPO / "stages").glob("*.py")} == set(STAGE_ARGS)  # no stage left out
+    (tmp_path / "params.yaml").write_text("trian:\n  lr: 0.1\n")
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / script), *STAGE_ARGS[script]], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1 and "unknown section 'trian'" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n", "line 4 is not valid YAML (the key 'lr' appears twice"),
+    (b"train:\n  lr: 0.1\ntrain:\n  epochs: 2\n", "line 3 is not valid YAML (the key 'train' appears twice"),
+    (b"train:\n  lr: 0.1 # caf\xe9\n", "not UTF-8 text (byte 22 is 0xe9); save it as UTF-8"),
+    (None, "is a folder; name the params file itself"),
+])
+def test_duplicate_keys_non_utf8_and_a_folder_are_one_line(tmp_path, content, expected):
+    path = tmp_path / "params.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(VitpipeError) as err:
+        load_params(path)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("what", ["missing", "folder", "duplicate"])
+def test_cli_params_option_is_read_or_refused_never_replaced_by_defaults(tmp_path, capsys, what):
+    from vitpipe.cli import main
+
+    path = tmp_path / "mine.yaml"
+    if what == "folder":
+        path.mkdir()
+    elif what == "duplicate":
+        path.write_text("data:\n  strict: true\n  strict: false\n")
+    assert main(["--params", str(path), "check-data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0]

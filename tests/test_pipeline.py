@@ -54,7 +54,7 @@ def _stages_run(output: str) -> list[str]:
 def test_default_pipeline_runs_offline_reproducibly_and_reruns_only_what_changed(repo_copy, tmp_path):
     work, env = repo_copy
     out = _run(["dvc", "repro"], work, env)
-    assert _stages_run(out) == ["download", "split-check", "train", "evaluate"]
+    assert _stages_run(out) == ["check-params", "download", "split-check", "train", "evaluate"]
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     synthetic = params["data"]["synthetic"]
@@ -83,11 +83,42 @@ def test_default_pipeline_runs_offline_reproducibly_and_reruns_only_what_changed
     _run(["git", "add", "-A"], work, env)
     _run(["git", "commit", "-qm", "baseline metrics"], work, env)
     exp = _run(["dvc", "exp", "run", "-S", "train.lr=5e-4"], work, env)
-    assert _stages_run(exp) == ["train", "evaluate"]
+    assert _stages_run(exp) == ["check-params", "train", "evaluate"]  # check-params: any params change
     params_diff = _run(["dvc", "params", "diff"], work, env)
     assert "train.lr" in params_diff and "0.0005" in params_diff
     metrics_diff = _run(["dvc", "metrics", "diff", "--all"], work, env)
     assert "metrics/test.json" in metrics_diff and "accuracy" in metrics_diff
+
+
+def _tiny(work: Path) -> None:
+    """A pipeline of seconds: 2 synthetic classes of 32 px, test_vit, one epoch."""
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"]["synthetic"].update(classes=2, train_per_class=6, valid_per_class=2, test_per_class=2,
+                                       image_size=32)
+    params["model"].update(name="test_vit", img_size=32, head_hidden=8)
+    params["train"].update(epochs=1, num_workers=0)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_plain_dvc_repro_refuses_a_misspelt_section_and_stays_a_no_op_otherwise(repo_copy):
+    """Issue 10, item 7: `trian:` is read by no stage, so only check-params (all of params.yaml) sees it."""
+    work, env = repo_copy
+    _tiny(work)
+    _run(["dvc", "repro"], work, env)
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == []
+    good = (work / "params.yaml").read_text()
+    (work / "params.yaml").write_text(good + "trian:\n  lr: 0.1\n")
+    proc = subprocess.run(["dvc", "repro"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0  # DVC exits 255 when a stage exits 2
+    assert "Traceback" not in proc.stdout + proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1 and "unknown section 'trian'" in errors[0]
+    assert _stages_run(proc.stdout + proc.stderr) == ["check-params"]
+    (work / "params.yaml").write_text(good)
+    _run(["git", "add", "-A"], work, env)
+    _run(["git", "commit", "-qm", "tiny"], work, env)
+    exp = _run(["dvc", "exp", "run", "-S", "train.lr=5e-4"], work, env)
+    assert _stages_run(exp) == ["check-params", "train", "evaluate"]
 
 
 def test_pipeline_on_real_butterflies_as_a_local_source(repo_copy, butterflies):

@@ -118,7 +118,8 @@ def test_folder_deps_ignore_bytecode():
     assert "__pycache__/" in ignored
 
 
-@pytest.mark.parametrize("stage,module", [("download", "vitpipe.download.sources"),
+@pytest.mark.parametrize("stage,module", [("check-params", "vitpipe.params"),
+                                          ("download", "vitpipe.download.sources"),
                                           ("split-check", "vitpipe.check.datacheck")])
 def test_data_stages_do_not_import_torch(stage, module):
     # torch takes seconds to import and gigabytes to install: the data stages need neither.

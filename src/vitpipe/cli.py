@@ -16,9 +16,11 @@ from vitpipe.params import PARAMS_FILE, DataParams, Params, load_params
 logger = logging.getLogger(__name__)
 
 
-def _params_or_defaults(path: Path) -> Params:
-    """params.yaml when there is one (in a vitpipe checkout), else the built-in defaults."""
-    return load_params(path) if path.exists() else Params()
+def _params_or_defaults(path: Path | None) -> Params:
+    """The ``--params`` file (which must exist); without one ./params.yaml if present, else the defaults."""
+    if path is not None:
+        return load_params(path)
+    return load_params(PARAMS_FILE) if PARAMS_FILE.exists() else Params()
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
@@ -81,18 +83,15 @@ def _cmd_pr_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    import shutil
+    from vitpipe import cachedir
 
-    from vitpipe.model.features import default_cache_dir
-
-    root = default_cache_dir().parent  # features/ and decoded/
-    files = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
-    size_mb = sum(p.stat().st_size for p in files) / 1e6
-    if args.clear and root.is_dir():
-        shutil.rmtree(root)
-        logger.info("removed %s (%d files, %.1f MB)", root, len(files), size_mb)
-    else:
-        print(f"{root}: {len(files)} files, {size_mb:.1f} MB")  # noqa: T201 - the command's output
+    if args.clear:
+        root, files, size = cachedir.clear()
+        logger.info("removed %s (%d files, %.1f MB)", root, files, size / 1e6)
+        return 0
+    root = cachedir.cache_root()
+    files, size = cachedir.usage(root) if root.is_dir() else (0, 0)
+    print(f"{root}: {files} files, {size / 1e6:.1f} MB")  # noqa: T201 - the command's output
     return 0
 
 
@@ -142,7 +141,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if not args.format:
         raise VitpipeError("--format: give onnx or timm, e.g. `vitpipe export --format onnx`.")
-    params = load_params(args.params) if args.params.exists() else None  # quoted in the model card
+    # quoted in the timm folder's model card: the --params file, else ./params.yaml when there is one
+    params = load_params(args.params) if args.params is not None else (
+        load_params(PARAMS_FILE) if PARAMS_FILE.exists() else None)
     for path in export_model(args.model, args.format, args.out, metrics_dir=args.metrics, params=params):
         print(path)  # noqa: T201 - the files written are this command's output
     return 0
@@ -165,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="vitpipe", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--params", type=Path, default=PARAMS_FILE,
-                        help="params file for defaults (default: ./params.yaml if present)")
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params file for defaults (default: ./params.yaml if present, else the built-in defaults)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", help="fetch a dataset into DEST/{train,valid,test}/<class>/")
@@ -208,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reproduce the pipeline first (dvc repro; --pull when a DVC remote is set)")
     p.set_defaults(func=_cmd_pr_report)
 
-    p = sub.add_parser("cache", help="size of the feature cache and decoded images ($VITPIPE_CACHE_DIR); --clear")
-    p.add_argument("--clear", action="store_true", help="remove them (they are recomputed when needed)")
+    p = sub.add_parser("cache", help="size of vitpipe's cache folder ($VITPIPE_CACHE_DIR, default ~/.cache/vitpipe); "
+                       "--clear")
+    p.add_argument("--clear", action="store_true", help="delete it, if vitpipe created it (all of it is recomputed "
+                   "when needed)")
     p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser("bench", help="time the tutorial's loop against vitpipe's train stage; append to BENCHMARKS.md")

@@ -1,9 +1,16 @@
-"""Atomic writes: a reader (or a later stage) sees the old file or the complete new one, never half."""
+"""Atomic writes: a reader (or a later stage) sees the old file or the complete new one, never half.
+
+Temporary files and folders are named ``.<name>.<pid>.<random>.tmp`` beside their target (git
+ignores ``.*.tmp``); one left behind by a killed process is removed by the next write of that
+target. A write that fails for want of space or permission is a :class:`VitpipeError` naming the
+target, not a traceback.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -13,18 +20,87 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vitpipe.errors import VitpipeError
+
+# errno values that say the disk, not the program, refused a write.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM,
+                         errno.EIO})
+
+
+def disk_error_text(exc: BaseException, path: Path | str) -> str:
+    """``PATH: No space left on device``: what failed, for a message that names the target, not a temp file."""
+    reason = getattr(exc, "strerror", None) or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return f"{path}: {reason}"
+
+
+def write_error(path: Path | str, exc: BaseException) -> VitpipeError:
+    """The one-line error for a failed write of ``path``."""
+    if getattr(exc, "errno", None) == errno.EISDIR:
+        return VitpipeError(f"could not write {path}: it is a folder; give the path of a file there.")
+    return VitpipeError(f"could not write {disk_error_text(exc, path)}. Free space or fix permissions "
+                        f"there, then run again.")
+
+
+def _is_disk_error(exc: OSError, tmp: Path, path: Path) -> bool:
+    """True for a failed write of ``path`` or into ``tmp`` (not, say, an unreadable input read in the block)."""
+    if exc.filename is None:
+        return exc.errno in DISK_ERRNOS
+    name = Path(os.fsdecode(exc.filename))
+    return name in (path, path.parent) or name == tmp or name.is_relative_to(tmp)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Removes ``.<name>.<pid>.*.tmp`` beside ``target`` left by a process that no longer runs."""
+    try:
+        entries = list(target.parent.glob(f".{target.name}.*.tmp"))
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(target.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yields a temporary path beside ``path``; renames it onto ``path`` only if the block succeeds."""
+    """Yields a temporary path beside ``path``; renames it onto ``path`` only if the block succeeds.
+
+    Raises:
+        VitpipeError: the folder cannot be written (full, read-only, no permission).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if not _is_disk_error(exc, tmp_path, path):
+            raise
+        raise write_error(path, exc) from None
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -34,18 +110,30 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yields an empty temporary directory beside ``path``; swaps it in for ``path`` on success.
 
     On failure the temporary directory is removed and any previous ``path`` stays untouched.
+
+    Raises:
+        VitpipeError: the temporary folder cannot be made, or the swap fails (full, read-only disk).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    old = path.with_name(f".{path.name}.old")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    old = tmp.with_name(tmp.name.removesuffix(".tmp") + ".old.tmp")
     try:
         yield tmp
-        shutil.rmtree(old, ignore_errors=True)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        if old.exists() and not path.exists():
+            os.replace(old, path)  # put the previous one back
+        if not _is_disk_error(exc, tmp, path):
+            raise
+        raise write_error(path, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

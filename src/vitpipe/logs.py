@@ -24,12 +24,22 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def one_line(exc: VitpipeError) -> str:
+    """The message of ``exc``; raised in a DataLoader worker, torch re-raises it with the worker's
+    traceback in the message, and the message is its last line."""
+    text = str(exc)
+    if "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(("VitpipeError: ", "vitpipe.errors.VitpipeError: ")) else last
+    return text
+
+
 def run_guarded(main: Callable[[], int | None]) -> int:
     """Runs ``main``; a :class:`VitpipeError` becomes one ``error:`` line and exit status 2."""
     try:
         return int(main() or 0)
     except VitpipeError as exc:
-        logger.error("%s", exc)
+        logger.error("%s", one_line(exc))
         return 2
     except KeyboardInterrupt:
         logger.error("interrupted")

@@ -321,6 +321,22 @@ def parse_params(raw: Any) -> Params:
     return Params(**values)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key repeated in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a complex key: PyYAML's own checks apply
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key_node.value!r} appears twice in one section and only the last "
+                    f"would count; keep one", key_node.start_mark)
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Reads and validates params.yaml."""
     path = Path(path)
@@ -328,13 +344,20 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise VitpipeError(f"{path}: not found. Run from the repository root, where params.yaml lives.") from None
+    except IsADirectoryError:
+        raise VitpipeError(f"{path}: is a folder; name the params file itself (e.g. params.yaml).") from None
+    except UnicodeDecodeError as exc:
+        raise VitpipeError(f"{path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); "
+                           f"save it as UTF-8.") from None
+    except OSError as exc:
+        raise VitpipeError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions.") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise VitpipeError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)}). "
-                           f"Fix the syntax there.") from None
+                           f"Fix it there.") from None
     return parse_params(raw)
 
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,18 +18,25 @@ from vitpipe.errors import VitpipeError
 logger = logging.getLogger(__name__)
 
 
+_DEVICE = re.compile(r"auto|cpu|cuda(?::(\d+))?")
+
+
 def resolve_device(spec: str) -> torch.device:
-    """``auto`` picks CUDA when there is a GPU; asking for CUDA without one is an error."""
-    if spec == "auto":
+    """``auto`` picks CUDA when there is a GPU; asking for CUDA without one, or for another device, is an error."""
+    match = _DEVICE.fullmatch(spec.strip())
+    if match is None:
+        raise VitpipeError(f"train.device: {spec} is not a device vitpipe runs on; use auto, cpu, cuda or cuda:N.")
+    if spec.strip() == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise VitpipeError(f"train.device: {spec} but no CUDA device is visible; set train.device: auto or cpu.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise VitpipeError(f"train.device: {spec} but only {torch.cuda.device_count()} CUDA device(s); "
-                               f"pick a lower index or auto.")
-    return device
+    if spec.strip() == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise VitpipeError(f"train.device: {spec} but no CUDA device is visible; set train.device: auto or cpu.")
+    index = None if match.group(1) is None else int(match.group(1))
+    if index is not None and index >= torch.cuda.device_count():
+        raise VitpipeError(f"train.device: {spec} but only {torch.cuda.device_count()} CUDA device(s); "
+                           f"pick a lower index or auto.")
+    return torch.device("cuda", index)
 
 
 def device_name(device: torch.device) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,29 @@ def test_unreadable_images_are_refused_by_name(tmp_path):
     assert any(m.startswith("valid/A/cut.jpg: undecodable") and "truncated" in m for m in errors)
     assert set(bad) == {m.split(":")[0] for m in errors}
     assert result.report["skipped_images"] == [] and result.report["n_skipped_images"] == 0
+
+
+def test_a_thin_image_is_refused_at_check_time_by_name(tmp_path):
+    """6000x1 pixels in ~100 bytes passes Pillow's bomb guard, but Resize(256) would make it
+    1,536,000 x 256 (issue 10, item 9)."""
+    root = _good(tmp_path)
+    Image.new("RGB", (6000, 1)).save(root / "train" / "A" / "strip.png")
+    Image.new("RGB", (2, 200)).save(root / "test" / "B" / "tall.png")
+    Image.new("RGB", (400, 20)).save(root / "train" / "B" / "panorama.png")  # 20:1 is the limit: accepted
+    assert (root / "train" / "A" / "strip.png").stat().st_size < 200
+    result = check_dataset(root, DATA)
+    errors = _messages(result, "unreadable", "error")
+    assert not result.accepted and [m.split(":")[0] for m in errors] == ["train/A/strip.png", "test/B/tall.png"]
+    assert "6000x1 pixels, sides in a ratio over 20:1" in errors[0]
+    skipped = check_dataset(root, dataclasses.replace(DATA, bad_images="skip"))
+    assert skipped.accepted and "train/B/panorama.png" in {s.path for s in skipped.index.samples("train")}
+
+
+def test_a_fifo_named_like_an_image_is_stray_and_never_read(tmp_path):
+    root = _good(tmp_path)
+    os.mkfifo(root / "train" / "A" / "pipe.jpg")  # reading it would block forever
+    result = check_dataset(root, DATA)
+    assert result.accepted and "train/A/pipe.jpg: not a regular file; not used." in result.warnings
 
 
 def test_unreadable_images_are_skipped_and_listed(tmp_path):

@@ -142,6 +142,14 @@ def test_declared_size_over_the_cap_is_refused_before_writing(tmp_path: Path) ->
                     "max_extract_gb", cap=100_000)
 
 
+def test_the_size_cap_message_names_the_param_to_raise_not_a_rebuild(tmp_path: Path) -> None:
+    """Issue 10, item 11: an archive over data.max_extract_gb is not broken; the fix is the param."""
+    src = _zip(tmp_path / "big.zip", {"train/a/zeros.png": b"\0" * 200_000})
+    with pytest.raises(VitpipeError) as err:
+        extract(src, tmp_path / "out", max_bytes=100_000)
+    assert "Raise data.max_extract_gb" in str(err.value) and "Rebuild" not in str(err.value)
+
+
 def test_bytes_written_are_capped_even_when_headers_lie(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Pretend the declared sizes passed (a header that lies): the running count must still stop it.
     monkeypatch.setattr(archive._Budget, "check_declared", lambda self, total: None)

@@ -7,7 +7,9 @@ import dataclasses
 import hashlib
 import http.server
 import logging
+import signal
 import socket
+import subprocess
 import sys
 import tarfile
 import threading
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BUTTERFLIES  # noqa: E402
+from conftest import BUTTERFLIES, REPO  # noqa: E402
 from PIL import Image
 
 from vitpipe import cli
@@ -39,7 +41,9 @@ def _images(root: Path, layout: dict[str, int]) -> Path:
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """The dataset's files and their bytes (vitpipe's download marker left out)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != sources.MARKER}
 
 
 def _zip_dir(src: Path, dest: Path, prefix: str = "") -> Path:
@@ -91,7 +95,7 @@ def test_local_archive_is_extracted_and_its_split_root_found(tmp_path: Path, kin
     arc = _zip_dir(src, tmp_path / "d.zip", "butterflies/") if kind == "zip" else _tgz_dir(src, tmp_path / "d.tgz")
     sources.fetch(str(arc), tmp_path / "data", DataParams())
     assert _tree(tmp_path / "data") == _tree(src)
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["test", "train", "valid"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [sources.MARKER, "test", "train", "valid"]
 
 
 def test_real_butterflies_folder_is_copied(tmp_path: Path) -> None:
@@ -196,9 +200,11 @@ def test_https_archive_happy_path(tmp_path: Path, server: str, archives: dict[st
 
 
 def _previous_dest(tmp_path: Path) -> Path:
+    """An earlier vitpipe download."""
     dest = tmp_path / "out" / "data"
     (dest / "train" / "old").mkdir(parents=True)
     (dest / "train" / "old" / "keep.png").write_bytes(b"previous")
+    (dest / sources.MARKER).write_text("an earlier download")
     return dest
 
 
@@ -278,6 +284,19 @@ def test_download_over_the_size_cap_is_refused(tmp_path: Path, server: str, arch
     assert not (tmp_path / "data").exists()
 
 
+def test_an_https_zip_bomb_is_named_by_its_url_not_a_deleted_temp_path(tmp_path: Path, server: str) -> None:
+    """Issue 10, item 11: the archive was downloaded to a scratch file that is gone by the time the user reads."""
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("train/a/zeros.png", b"\0" * 2_000_000)  # ~2 KB on the wire
+    _Handler.routes["/bomb.zip"] = [(200, bomb.read_bytes(), None)]
+    with pytest.raises(VitpipeError) as err:
+        sources.fetch(f"{server}/bomb.zip", tmp_path / "data", DataParams(sha256=_sha(bomb), max_extract_gb=1e-3))
+    message = str(err.value)
+    assert message.startswith(f"{server}/bomb.zip: refused to extract") and "Raise data.max_extract_gb" in message
+    assert ".incoming" not in message and ".tmp" not in message
+
+
 # --- kaggle --------------------------------------------------------------------------------------
 
 def _kaggle(monkeypatch: pytest.MonkeyPatch, result: Path | BaseException) -> list[str]:
@@ -315,7 +334,7 @@ def test_kaggle_hundred_species_edition(tmp_path: Path, monkeypatch: pytest.Monk
     handles = _kaggle(monkeypatch, cache)
     sources.fetch("kaggle:gpiosenka/butterfly-images40-species", tmp_path / "data", DataParams())
     assert handles == ["gpiosenka/butterfly-images40-species"]
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["test", "train", "valid"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [sources.MARKER, "test", "train", "valid"]
     assert _tree(tmp_path / "data") == {k: v for k, v in _tree(cache).items() if "/" in k}
 
 
@@ -356,7 +375,7 @@ def _restore_logging() -> Iterator[None]:
 @pytest.mark.usefixtures("_restore_logging")
 def test_cli_download_copies_a_folder(tmp_path: Path) -> None:
     src = _images(tmp_path / "src", EDITION)
-    argv = ["--params", str(tmp_path / "absent.yaml"), "download", str(src), str(tmp_path / "data")]
+    argv = ["download", str(src), str(tmp_path / "data")]
     assert cli.main(argv) == 0
     assert _tree(tmp_path / "data") == _tree(src)
 
@@ -370,8 +389,119 @@ def test_cli_download_refuses_a_traversal_archive(tmp_path: Path, capsys: pytest
         zf.writestr("train/a/1.png", b"fine")
         zf.writestr("../../../evil.png", b"boom")
     before = {p: sorted(q.name for q in p.iterdir()) for p in (tmp_path, work)}
-    argv = ["--params", str(tmp_path / "absent.yaml"), "download", str(arc), str(work / "data")]
+    argv = ["download", str(arc), str(work / "data")]
     assert cli.main(argv) == 2
     assert {p: sorted(q.name for q in p.iterdir()) for p in (tmp_path, work)} == before
     assert not any(p.name == "evil.png" for p in tmp_path.parent.rglob("evil.png"))
     assert "'../../../evil.png' climbs out" in capsys.readouterr().err
+
+
+# --- the destination and the source are the user's: never destroyed (issue 10, items 2 and 3) -----
+
+def _listing(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): (b"<dir>" if p.is_dir() else p.read_bytes())
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.usefixtures("_restore_logging")
+@pytest.mark.parametrize("case", ["non-empty folder", "same as source", "inside source", "holds source",
+                                  "current folder", "a file"])
+def test_download_refuses_a_destination_it_would_destroy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str], case: str) -> None:
+    src = _images(tmp_path / "photos", EDITION)
+    (src / "notes.txt").write_text("my notes")
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "draft.tex").write_text("years of work")
+    (tmp_path / "report.pdf").write_bytes(b"%PDF")
+    monkeypatch.chdir(tmp_path / "thesis")
+    dest = {"non-empty folder": tmp_path / "thesis", "same as source": src, "inside source": src / "train",
+            "holds source": tmp_path, "current folder": Path("."), "a file": tmp_path / "report.pdf"}[case]
+    before = _listing(tmp_path)
+    assert cli.main(["download", str(src), str(dest)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(dest) in err[0] and "Traceback" not in err[0]
+    assert _listing(tmp_path) == before  # nothing deleted, moved, or left behind
+
+
+@pytest.mark.usefixtures("_restore_logging")
+def test_download_replaces_its_own_earlier_download_and_an_empty_folder(tmp_path: Path) -> None:
+    one, two = _images(tmp_path / "one", {"train/a": 4}), _images(tmp_path / "two", {"train/b": 4})
+    (tmp_path / "data").mkdir()
+    assert cli.main(["download", str(one), str(tmp_path / "data")]) == 0
+    assert cli.main(["download", str(two), str(tmp_path / "data")]) == 0
+    assert {p.parent.name for p in (tmp_path / "data").rglob("*.png")} == {"b"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "one", "two"]  # no temp folder left
+
+
+def test_links_out_of_a_local_source_are_refused_and_nothing_is_copied(tmp_path: Path) -> None:
+    src = _images(tmp_path / "photos", EDITION)
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0")
+    (src / "train" / "ADONIS" / "secret.jpg").symlink_to(secret)
+    with pytest.raises(VitpipeError, match=r"secret\.jpg: a link to .*passwd, outside the source folder"):
+        sources.fetch(str(src), tmp_path / "data", DataParams())
+    assert not (tmp_path / "data").exists()
+    (src / "train" / "ADONIS" / "secret.jpg").unlink()
+    (src / "train" / "LINKED").symlink_to(tmp_path, target_is_directory=True)  # a class folder linking out
+    (tmp_path / "x.png").write_bytes((src / "train" / "ADONIS" / "000.png").read_bytes())
+    with pytest.raises(VitpipeError, match="outside the source folder"):
+        sources.fetch(str(src), tmp_path / "data", DataParams())
+
+
+def test_links_inside_a_local_source_are_copied_as_files(tmp_path: Path) -> None:
+    src = _images(tmp_path / "photos", EDITION)
+    (src / "train" / "ADONIS" / "again.png").symlink_to(src / "train" / "MONARCH" / "000.png")
+    sources.fetch(str(src), tmp_path / "data", DataParams())
+    copied = tmp_path / "data" / "train" / "ADONIS" / "again.png"
+    assert not copied.is_symlink() and copied.read_bytes() == (src / "train" / "MONARCH" / "000.png").read_bytes()
+
+
+# --- nothing silently accepted (issue 10, item 8) -------------------------------------------------
+
+@pytest.mark.usefixtures("_restore_logging")
+@pytest.mark.parametrize("sha", ["xyz", "0" * 63, "g" * 64, " "])
+def test_a_malformed_sha256_is_refused_before_any_download(tmp_path: Path, server: str, archives: dict[str, Path],
+                                                           capsys: pytest.CaptureFixture[str], sha: str) -> None:
+    _Handler.routes["/d.zip"] = [(200, archives["zip"].read_bytes(), None)]
+    assert cli.main(["download", f"{server}/d.zip", str(tmp_path / "data"), "--sha256", sha]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a SHA-256" in err[0] and "--sha256" in err[0]
+    assert _Handler.hits == {} and not (tmp_path / "data").exists()
+
+
+def test_hidden_class_folders_and_files_are_named_in_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = _images(tmp_path / "src", {**EDITION, "train/...": 2, "train/.x": 2})
+    (src / "train" / "ADONIS" / ".hidden.png").write_bytes((src / "train" / "ADONIS" / "000.png").read_bytes())
+    (src / "train" / "ADONIS" / ".DS_Store").write_bytes(b"litter")
+    with caplog.at_level(logging.WARNING):
+        sources.fetch(str(src), tmp_path / "data", DataParams())
+    assert not (tmp_path / "data" / "train" / ".x").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("2 hidden folder(s) skipped" in w and "..., .x" in w for w in warnings), warnings
+    assert any("1 hidden file(s) skipped: .hidden.png" in w for w in warnings), warnings
+
+
+# --- a killed download leaves nothing git would commit, and the next run cleans it (item 10) -----
+
+def test_a_download_killed_mid_copy_leaves_an_ignored_temp_that_the_next_run_removes(tmp_path: Path) -> None:
+    src = _images(tmp_path / "src", EDITION)
+    dest = tmp_path / "data" / "raw"
+    kill_after_one_file = (
+        "import os, signal, sys\n"
+        "from vitpipe.download import layout\n"
+        "copy = layout._copy\n"
+        "def copy_then_die(*args, **kwargs):\n"
+        "    copy(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "layout._copy = copy_then_die\n"
+        "from vitpipe.cli import main\n"
+        "main(['download', sys.argv[1], sys.argv[2]])\n")
+    proc = subprocess.run([sys.executable, "-c", kill_after_one_file, str(src), str(dest)], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    (left,) = (tmp_path / "data").iterdir()
+    assert left.name.startswith(".raw.") and left.name.endswith(".tmp") and any(left.rglob("*.png"))
+    inside = next(left.rglob("*.png")).relative_to(tmp_path).as_posix()
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "-q", inside], cwd=REPO)
+    assert ignored.returncode == 0, f"git would commit {inside}"
+    sources.fetch(str(src), dest, DataParams())
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]

@@ -54,7 +54,7 @@ def test_evaluate_scores_every_test_image_and_writes_consistent_files(tmp_path, 
     predictions = list(csv.DictReader(outputs.predictions.open()))
     assert [p["path"] for p in predictions] == [s.path for s in tiny_index.samples("test")]
     assert sum(p["actual"] == p["predicted"] for p in predictions) == metrics["correct"]
-    assert all(len(p["top5"].split("|")) == 3 for p in predictions)  # 3 classes
+    assert all(len(json.loads(p["top5"])) == 3 for p in predictions)  # 3 classes
     per_class = list(csv.DictReader(outputs.per_class.open()))
     assert [r["class"] for r in per_class] == list(tiny_index.classes)
     assert sum(int(r["support"]) for r in per_class) == n_test
@@ -75,3 +75,18 @@ def test_model_trained_on_other_classes_is_refused(tmp_path, tiny_index):
     with pytest.raises(VitpipeError, match="rerun the train stage"):
         run_evaluation(params, renamed, train_out.model,
                        EvalOutputs(tmp_path / "t.json", tmp_path / "p.csv", tmp_path / "q.csv"))
+
+
+def test_top5_column_is_unambiguous_whatever_the_class_names(tmp_path, tiny_index):
+    """A class name may hold '|', ',' or quotes; top5 is a JSON list (issue 10, item 8)."""
+    names = ("A|B", "A", 'B, "b"')
+    index = dataclasses.replace(tiny_index, classes=names)
+    params = tiny_params(epochs=1)
+    train_out = TrainOutputs(tmp_path / "model.safetensors", tmp_path / "ckpt.pt", tmp_path / "train.json",
+                             tmp_path / "history.csv")
+    run_training(params, index, train_out)
+    outputs = EvalOutputs(tmp_path / "test.json", tmp_path / "per_class.csv", tmp_path / "predictions.csv")
+    run_evaluation(params, index, train_out.model, outputs)
+    for row in csv.DictReader(outputs.predictions.open()):
+        top = json.loads(row["top5"])
+        assert sorted(top) == sorted(names) and top[0] == row["predicted"]

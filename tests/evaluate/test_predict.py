@@ -109,6 +109,18 @@ def test_a_corrupt_file_is_one_error_line_and_the_others_are_still_predicted(mod
     assert len(errors) == 1 and errors[0].startswith(f"{folder / 'broken.jpg'}: error: ")
 
 
+def test_a_thin_image_is_one_error_line_not_gigabytes(model_path, images, tmp_path, capsys):
+    """Issue 10, item 9: predict refuses what split-check refuses, before resizing it."""
+    from PIL import Image
+
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (6000, 1)).save(strip)
+    rc = main(["predict", str(strip), str(images[0]), "--model", str(model_path), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 1 and captured.out.startswith(str(images[0]))
+    assert f"{strip}: error: 6000x1 pixels, sides in a ratio over 20:1" in captured.err
+
+
 def test_a_missing_path_is_reported_in_json_and_fails_the_command(model_path, images, tmp_path, capsys):
     missing = tmp_path / "nope.jpg"
     rc = main(["predict", str(missing), str(images[1]), "--model", str(model_path), "--json", "--device", "cpu"])

@@ -121,11 +121,12 @@ def test_unreadable_cache_entry_is_recomputed(tmp_path, tiny_index, backbone_and
 def test_cache_command_reports_and_clears(tmp_path, monkeypatch, capsys, tiny_index, backbone_and_transforms):
     from vitpipe.cli import main
 
-    cache_dir = tmp_path / "cache" / "features"
+    cache_dir = tmp_path / "cache"
     monkeypatch.setenv("VITPIPE_CACHE_DIR", str(cache_dir))
     backbone, eval_tf, _ = backbone_and_transforms
     _features(FeatureCache(), _extractor(backbone), tiny_index, eval_tf)
+    assert len(list((cache_dir / "features").glob("*.safetensors"))) == 1
     assert main(["cache"]) == 0
-    assert "1 files" in capsys.readouterr().out
+    assert "2 files" in capsys.readouterr().out  # the entry and CACHEDIR.TAG
     assert main(["cache", "--clear"]) == 0
     assert not cache_dir.exists()

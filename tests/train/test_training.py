@@ -148,9 +148,13 @@ def test_a_pickle_with_code_in_it_is_refused_and_never_run(tmp_path):
     path = tmp_path / "evil.pth"
     with path.open("wb") as f:
         pickle.dump({"model": _Exploit(marker)}, f)
-    with pytest.raises(VitpipeError, match="weights_only=True"):
+    with pytest.raises(VitpipeError) as err:
         build_model(ModelParams(name="test_vit", img_size=32, weights=str(path)), 3, seed=0)
     assert not marker.exists()
+    # Torch's message advises weights_only=False, which would run the code: never repeated (issue 10, item 11).
+    message = str(err.value)
+    assert "is not a weights file vitpipe trusts" in message and "\n" not in message
+    assert "weights_only=False" not in message and "False" not in message and "trust the source" not in message
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
@@ -167,6 +171,15 @@ def test_offline_pretrained_gives_the_clear_message_at_once(monkeypatch, tmp_pat
     message = str(err.value)
     assert "No pretrained weights could be downloaded for test_vit" in message
     assert "model.pretrained: false" in message and "\n" not in message
+
+
+def test_an_hf_hub_model_name_offline_fails_at_once_in_one_line(monkeypatch, tmp_path):
+    """timm fetches an hf-hub: model's config even without pretrained weights (issue 10, item 6)."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setattr("vitpipe.model.weights._hub_unreachable", lambda: "huggingface.co: unreachable (test)")
+    with pytest.raises(VitpipeError) as err:
+        build_model(ModelParams(name="hf-hub:timm/deit_tiny_patch16_224.fb_in1k"), 3, seed=0)
+    assert "hf-hub:timm/deit_tiny_patch16_224.fb_in1k" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_unknown_model_name_is_a_clear_error():
@@ -311,6 +324,44 @@ def test_torchrun_refuses_the_single_process_feature_cache(monkeypatch, tmp_path
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(VitpipeError, match="torchrun"):
         run_training(tiny_params(), tiny_index, _outputs(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_convnext", "test_resnet", "test_efficientnet", "test_coatnet"])
+def test_any_timm_family_trains_evaluates_and_predicts(tmp_path, tiny_index, name):
+    """ViT, ConvNeXt, ResNet and EfficientNet (BatchNorm: 0-dim num_batches_tracked buffers) and a
+    conv-attention hybrid, through the feature cache, evaluate and predict (issue 10, item 4).
+    The CNNs take no img_size argument: model.img_size then sets the input size alone."""
+    from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
+    from vitpipe.evaluate.predict import ImagePrediction, predict_paths
+
+    params = dataclasses.replace(tiny_params(epochs=1), model=ModelParams(name=name, img_size=32, head_hidden=16))
+    out = _outputs(tmp_path)
+    metrics = run_training(params, tiny_index, out)
+    assert metrics["model"] == name and metrics["engine"] == "feature-cache"
+    scored = run_evaluation(params, tiny_index, out.model, EvalOutputs(tmp_path / "test.json", tmp_path / "pc.csv",
+                                                                         tmp_path / "pred.csv"))
+    assert scored["n_images"] == len(tiny_index.samples("test"))
+    image = tiny_index.root / tiny_index.samples("test")[0].path
+    (result,) = predict_paths([image], out.model, top_k=2, device="cpu")
+    assert isinstance(result, ImagePrediction) and len(result.top) == 2
+
+
+def test_an_img_size_the_model_cannot_run_at_is_one_line():
+    """timm builds a ViT at 17 px, which then fails in its first forward pass, deep in a DataLoader loop."""
+    with pytest.raises(VitpipeError, match=r"model.img_size: test_vit does not run at 17 px \(Input height"):
+        build_model(ModelParams(name="test_vit", img_size=17), 3, seed=0)
+
+
+def test_an_image_gone_since_split_check_is_one_line_naming_it(tmp_path, tiny_data, tiny_index):
+    import shutil
+
+    shutil.copytree(tiny_data, tmp_path / "data")
+    index = dataclasses.replace(tiny_index, root=tmp_path / "data")
+    gone = tmp_path / "data" / index.samples("train")[3].path
+    gone.unlink()
+    with pytest.raises(VitpipeError) as err:
+        run_training(tiny_params(epochs=1), index, _outputs(tmp_path / "out"))
+    assert str(err.value).startswith(f"{gone}: no longer exists") and "dvc repro" in str(err.value)
 
 
 def test_stage_script_turns_bad_params_into_one_line(tmp_path):

@@ -176,7 +176,7 @@ def check_dataset(root: Path, data: DataParams) -> CheckResult:
     tree = list_tree(root)
     rec = reconcile(tree.splits, data.class_aliases, data.drop_classes)  # dropped classes are never read
     label = {p: name for by_class in rec.splits.values() for name, images in by_class.items() for p in images}
-    paths = sorted(label)
+    paths = sorted(label, key=lambda p: (SPLITS.index(p.split("/", 1)[0]), p))  # walk order: train, valid, test
     near = data.near_duplicate_distance >= 0
     scans = {s.path: s for s in scan_files(root, paths, workers=data.workers, phash=near)}
     bad = [scans[p] for p in paths if not scans[p].ok]

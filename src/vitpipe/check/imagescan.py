@@ -52,6 +52,8 @@ def _stray_reason(entry: Path, in_class: bool) -> Optional[str]:
         return "hidden"
     if entry.is_dir():
         return "folder inside a class folder" if in_class else None
+    if not entry.is_file():  # a FIFO would block the read, a device would never end
+        return "not a regular file"
     if not in_class:
         return "not inside a class folder"
     return None if is_image_file(entry) else "not an image file type"

@@ -12,9 +12,24 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# Long side / short side. The eval transform resizes the SHORT side to the model's input (256 for
+# 224), so a 6000x1 strip of 100 bytes would become 1,536,000 x 256 pixels (GBs): Pillow's
+# decompression-bomb guard counts the file's pixels, not the resized ones. Panoramas stay far below.
+MAX_ASPECT_RATIO = 20
 
 class BadImageError(ValueError):
     """The file is not a decodable image; the message says why in a few words."""
+
+
+def check_shape(width: int, height: int) -> None:
+    """Refuses an image so thin that resizing its short side to the model's input would explode.
+
+    Raises:
+        BadImageError: the sides' ratio is over :data:`MAX_ASPECT_RATIO`.
+    """
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise BadImageError(f"{width}x{height} pixels, sides in a ratio over {MAX_ASPECT_RATIO}:1 (resizing its "
+                            f"short side to the model's input would blow it up); crop it")
 
 
 def is_image_file(path: Path) -> bool:
@@ -81,6 +96,7 @@ def load_rgb(path: Path) -> Image.Image:
         if path.stat().st_size == 0:
             raise BadImageError("zero bytes")
         with Image.open(path) as img:
+            check_shape(*img.size)  # before decoding: the header says it
             img.load()  # decode now: truncation surfaces here, not in a loader worker
             return to_rgb(img)
 
@@ -95,6 +111,7 @@ def decode_rgb(data: bytes) -> tuple[Image.Image, ImageInfo]:
         if not data:
             raise BadImageError("zero bytes")
         with Image.open(io.BytesIO(data)) as img:
+            check_shape(*img.size)
             img.load()
             mode, orientation = img.mode, img.getexif().get(0x0112, 1)
             rgb = to_rgb(img)

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from vitpipe.data.images import load_rgb
+from vitpipe.data.images import BadImageError, load_rgb
 from vitpipe.data.index import Sample
+from vitpipe.errors import VitpipeError
 from vitpipe.runtime import derive_seed, forked_rng
+
+
+def load_indexed(root: Path, sample: Sample) -> Image.Image:
+    """The RGB image of an indexed sample.
+
+    Raises:
+        VitpipeError: the file is gone or no longer decodes (the dataset changed since split-check).
+    """
+    path = Path(root) / sample.path
+    try:
+        if not path.is_file():
+            raise FileNotFoundError(errno.ENOENT, "no longer exists")
+        return load_rgb(path)
+    except (OSError, BadImageError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise VitpipeError(f"{path}: {reason}, but split-check indexed it as an image; the dataset changed "
+                           f"since. Run `dvc repro` (split-check checks it again).") from None
 
 
 class ImageDataset(Dataset):
@@ -33,7 +53,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[i]
-        image = load_rgb(self.root / sample.path)
+        image = load_indexed(self.root, sample)
         if self.seed is None:
             return self.transform(image), sample.label
         with forked_rng(derive_seed(self.seed, i)):

@@ -32,6 +32,14 @@ _CHUNK = 1 << 20
 class _Refused(Exception):
     """A member that must not be extracted; the message says which and why."""
 
+    fix = "Rebuild the archive without it."
+
+
+class _TooBig(_Refused):
+    """The archive unpacks to more than the size cap."""
+
+    fix = "Raise data.max_extract_gb if an archive this large is expected."
+
 
 def archive_format(path: Path) -> Optional[str]:
     """``"zip"`` or ``"tar"`` for an archive (by suffix, else by content), ``None`` otherwise."""
@@ -72,36 +80,39 @@ def safe_member_path(name: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
-def extract(archive: Path, target: Path, *, max_bytes: int) -> int:
+def extract(archive: Path, target: Path, *, max_bytes: int, label: str | None = None) -> int:
     """Extracts ``archive`` into the new directory ``target``; returns the number of files.
+
+    ``label`` names the archive in errors (the URL of a downloaded one, not its temporary path).
 
     Raises:
         VitpipeError: an unsafe member, a size over ``max_bytes`` or a corrupt/truncated archive.
             ``target`` is removed before the error propagates.
     """
     archive, target = Path(archive), Path(target)
+    label = label or str(archive)
     kind = archive_format(archive)
     if kind is None:
-        raise VitpipeError(f"{archive}: not a zip or tar archive; use one of {', '.join(ARCHIVE_SUFFIXES)}.")
+        raise VitpipeError(f"{label}: not a zip or tar archive; use one of {', '.join(ARCHIVE_SUFFIXES)}.")
     target.mkdir(parents=True, exist_ok=False)
     try:
         count = (_extract_zip if kind == "zip" else _extract_tar)(archive, target, max_bytes)
     except _Refused as exc:
         shutil.rmtree(target, ignore_errors=True)
-        raise VitpipeError(f"{archive}: refused to extract: {exc}. Rebuild the archive without it.") from None
+        raise VitpipeError(f"{label}: refused to extract: {exc}. {exc.fix}") from None
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError, RuntimeError,
             NotImplementedError) as exc:
         shutil.rmtree(target, ignore_errors=True)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, OSError) and exc.errno is not None:  # disk full, permissions: not the archive
-            raise VitpipeError(f"{archive}: could not extract into {target} ({reason}); "
+            raise VitpipeError(f"{label}: could not extract it ({reason}: {exc.filename or target}); "
                                f"free space or fix permissions there.") from None
-        raise VitpipeError(f"{archive}: corrupt, truncated or unreadable archive ({reason}); "
+        raise VitpipeError(f"{label}: corrupt, truncated or unreadable archive ({reason}); "
                            f"download or rebuild it.") from None
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    logger.info("extracted %d files from %s", count, archive.name)
+    logger.info("extracted %d files from %s", count, label)
     return count
 
 
@@ -113,7 +124,7 @@ class _Budget:
 
     def check_declared(self, total: int) -> None:
         if total > self.max_bytes:
-            raise _Refused(f"its members declare {total:,} bytes, over the cap of {self.max_bytes:,} "
+            raise _TooBig(f"its members declare {total:,} bytes, over the cap of {self.max_bytes:,} "
                            f"(data.max_extract_gb)")
 
     def copy(self, src: IO[bytes], dest: Path, name: str) -> None:
@@ -122,7 +133,7 @@ class _Budget:
             while chunk := src.read(_CHUNK):
                 self.used += len(chunk)
                 if self.used > self.max_bytes:
-                    raise _Refused(f"member {name!r} takes the extracted size over the cap of "
+                    raise _TooBig(f"member {name!r} takes the extracted size over the cap of "
                                    f"{self.max_bytes:,} bytes (data.max_extract_gb)")
                 out.write(chunk)
 

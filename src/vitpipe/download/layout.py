@@ -9,9 +9,12 @@ carved off train per class, deterministically (see :func:`carve_counts` for the 
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import logging
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,7 @@ class SplitRoot:
     root: Path
     splits: dict[str, Path]
     ignored: tuple[str, ...] = ()
+    top: Path | None = None  # the folder searched; files may not resolve outside it (links)
 
     @property
     def layout(self) -> str:
@@ -89,7 +93,7 @@ def find_split_root(top: Path, *, label: str, max_depth: int = 3) -> SplitRoot:
             raise VitpipeError(f"{label}: several candidate dataset folders at the same depth ({where}); "
                                f"set data.source to the one you want.")
         if hits:
-            return _with_ignored(hits[0])
+            return dataclasses.replace(_with_ignored(hits[0]), top=Path(top))
         level = [c for d in level for c in _subdirs(d)]
     raise VitpipeError(f"{label}: found no train/<class>/ or <class>/ folders with images (searched "
                        f"{max_depth} levels deep); expected train/<class>/*.jpg (optionally with valid/ "
@@ -141,12 +145,23 @@ def carve(files: list[Path], *, class_name: str, val_fraction: float, test_fract
             "train": sorted(shuffled[n_val + n_test:])}
 
 
+def _warn_hidden(folder: Path, what: str, *, dirs: bool) -> None:
+    """Logs the hidden entries of ``folder`` that are skipped (macOS and Windows litter aside)."""
+    hidden = sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.is_dir() == dirs
+                    and p.name not in _JUNK and not p.name.startswith("._"))
+    if hidden:
+        logger.warning("%s: %d %s: %s; rename them if they are meant to be used", folder, len(hidden), what,
+                       ", ".join(hidden[:10]) + (", ..." if len(hidden) > 10 else ""))
+
+
 def _plan(found: SplitRoot, *, val_fraction: float, test_fraction: float,
           seed: int) -> dict[str, dict[str, list[Path]]]:
     """split -> class -> files, carving the missing valid/test splits off train."""
     plan: dict[str, dict[str, list[Path]]] = {s: {} for s in SPLITS}
     for split, folder in found.splits.items():
+        _warn_hidden(folder, "hidden folder(s) skipped, not used as classes", dirs=True)
         for class_dir in _subdirs(folder):
+            _warn_hidden(class_dir, "hidden file(s) skipped", dirs=False)
             if any(p.is_dir() and _visible(p) for p in class_dir.iterdir()):
                 logger.warning("%s: sub-folders are ignored; only files directly in it are used", class_dir)
             files = class_files(class_dir)
@@ -168,6 +183,34 @@ def _plan(found: SplitRoot, *, val_fraction: float, test_fraction: float,
     return plan
 
 
+def _refuse_links_out(plan: dict[str, dict[str, list[Path]]], top: Path) -> None:
+    """Refuses a file that resolves outside ``top`` (a link out), before anything is copied."""
+    inside = top.resolve()
+    for classes in plan.values():
+        for files in classes.values():
+            for src in files:
+                real = src.resolve()
+                if not real.is_relative_to(inside):
+                    raise VitpipeError(f"{src}: a link to {real}, outside the source folder {top}; vitpipe "
+                                       f"copies only files inside it (a link out would put that file in "
+                                       f"data/raw and the DVC cache). Replace the link by the file, or remove it.")
+
+
+def _copy(src: Path, target: Path, *, move: bool) -> None:
+    try:
+        if move:
+            shutil.move(src, target)
+        else:
+            shutil.copyfile(src, target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):  # the write failed
+            raise OSError(exc.errno, exc.strerror, str(target)) from None  # the download's folder names it
+        if exc.filename is not None and Path(os.fsdecode(exc.filename)) == src:
+            raise VitpipeError(f"{src}: could not read it ({exc.strerror or exc}); fix its permissions or "
+                               f"remove it from the source.") from None
+        raise
+
+
 def materialise(found: SplitRoot, out: Path, *, val_fraction: float, test_fraction: float, seed: int,
                 move: bool) -> dict[str, dict[str, int]]:
     """Writes ``out/{train,valid,test}/<class>/<file>``; returns the image count per split and class.
@@ -176,6 +219,8 @@ def materialise(found: SplitRoot, out: Path, *, val_fraction: float, test_fracti
     linked, so DVC caches real files. Missing valid/test splits are carved off train per class.
     """
     plan = _plan(found, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if found.top is not None:
+        _refuse_links_out(plan, found.top)
     counts: dict[str, dict[str, int]] = {}
     for split, classes in plan.items():
         (out / split).mkdir(parents=True, exist_ok=True)
@@ -186,10 +231,7 @@ def materialise(found: SplitRoot, out: Path, *, val_fraction: float, test_fracti
             (out / split / name).mkdir()
             for src in files:
                 target = out / split / name / src.name
-                if move:
-                    shutil.move(src, target)
-                else:
-                    shutil.copyfile(src, target)
+                _copy(src, target, move=move)
             counts[split][name] = len(files)
     for split in ("valid", "test"):
         unknown = sorted(set(counts[split]) - set(counts["train"]))

@@ -17,7 +17,7 @@ from pathlib import Path
 from vitpipe.download import archive, http_fetch
 from vitpipe.download.layout import SplitRoot, find_split_root, materialise
 from vitpipe.errors import VitpipeError
-from vitpipe.fileio import atomic_dir
+from vitpipe.fileio import DISK_ERRNOS, atomic_dir
 from vitpipe.params import DataParams
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,9 @@ ACCEPTED = ("synthetic | path/to/dir | path/to/archive.(zip|tar|tar.gz|tgz) | "
             "https://host/file.(zip|tar|tar.gz) with data.sha256 | kaggle:OWNER/SLUG[@VERSION]")
 _KAGGLE = re.compile(r"kaggle:([A-Za-z0-9][\w.-]*)/([A-Za-z0-9][\w.-]*)(?:@(\d+))?")
 _SCRATCH = ".incoming"
+# Written into every download; a destination holding it may be replaced by the next download.
+MARKER = ".vitpipe-download"
+_MARKER_TEXT = "Written by `vitpipe download`: the next download into this folder replaces all of it.\n"
 
 
 def kaggle_handle(source: str) -> str:
@@ -46,29 +49,71 @@ def fetch(source: str, dest: Path, data: DataParams) -> None:
     Raises:
         VitpipeError: an unknown source form, an unreachable or corrupt source, or no split root.
     """
-    dest = Path(dest)
+    dest = _check_dest(Path(dest), _local_source(source))
     with atomic_dir(dest) as out:
-        if source.strip() == "synthetic":
-            from vitpipe.download.synthetic import generate
-
-            generate(out, data.synthetic, seed=data.seed)
-            logger.info("generated the synthetic dataset (seed %d)", data.seed)
-            _log_counts(_count(out))
-            return
-        scratch = out / _SCRATCH
-        found, move = _obtain(source, scratch, data)
-        logger.info("%s: split root %s, %s", source, _shown(found.root, scratch), found.layout)
-        if found.ignored:
-            logger.info("%s: ignored beside the splits: %s", source, ", ".join(found.ignored))
-        carved = [s for s in ("valid", "test") if s not in found.splits]
-        if carved:
-            logger.info("carving %s off train per class (data.val_fraction=%g, data.test_fraction=%g, "
-                        "data.seed=%d)", " and ".join(carved), data.val_fraction, data.test_fraction, data.seed)
-        counts = materialise(found, out, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
-                             seed=data.seed, move=move)
-        shutil.rmtree(scratch, ignore_errors=True)
-        _log_counts(counts)
+        _materialise(source, out, data)
+        (out / MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
     logger.info("dataset written to %s", dest)
+
+
+def _materialise(source: str, out: Path, data: DataParams) -> None:
+    """Writes the dataset into the empty folder ``out``."""
+    if source.strip() == "synthetic":
+        from vitpipe.download.synthetic import generate
+
+        generate(out, data.synthetic, seed=data.seed)
+        logger.info("generated the synthetic dataset (seed %d)", data.seed)
+        _log_counts(_count(out))
+        return
+    scratch = out / _SCRATCH
+    found, move = _obtain(source, scratch, data)
+    logger.info("%s: split root %s, %s", source, _shown(found.root, scratch), found.layout)
+    if found.ignored:
+        logger.info("%s: ignored beside the splits: %s", source, ", ".join(found.ignored))
+    carved = [s for s in ("valid", "test") if s not in found.splits]
+    if carved:
+        logger.info("carving %s off train per class (data.val_fraction=%g, data.test_fraction=%g, "
+                    "data.seed=%d)", " and ".join(carved), data.val_fraction, data.test_fraction, data.seed)
+    counts = materialise(found, out, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+                         seed=data.seed, move=move)
+    shutil.rmtree(scratch, ignore_errors=True)
+    _log_counts(counts)
+
+
+def _local_source(source: str) -> Path | None:
+    """The local folder or archive ``source`` names, or None for any other kind of source."""
+    text = source.strip()
+    if text == "synthetic" or text.startswith("kaggle:") or "://" in text:
+        return None
+    path = Path(text).expanduser()
+    return path if path.exists() else None
+
+
+def _check_dest(dest: Path, source: Path | None) -> Path:
+    """``dest``, resolved, once it is safe to replace: absent, empty, or an earlier vitpipe download.
+
+    Raises:
+        VitpipeError: ``dest`` is a file, holds other files, holds the current folder, or is the
+            source, inside it or around it (replacing it would delete what it copies).
+    """
+    target = dest.expanduser().resolve()
+    if source is not None:
+        src = source.resolve()
+        if target == src or target.is_relative_to(src) or src.is_relative_to(target):
+            relation = "is" if target == src else "is inside" if target.is_relative_to(src) else "holds"
+            raise VitpipeError(f"{dest}: the destination {relation} the source {source}; choose a destination "
+                               f"outside it (e.g. data/raw).")
+    if Path.cwd().resolve().is_relative_to(target):
+        raise VitpipeError(f"{dest}: the destination is the current folder (or holds it) and would be "
+                           f"replaced; name a new folder, e.g. data/raw.")
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise VitpipeError(f"{dest}: exists and is not a folder; name a new folder for the dataset.")
+        if any(target.iterdir()) and not (target / MARKER).is_file():
+            raise VitpipeError(f"{dest}: holds files that are not an earlier vitpipe download (no {MARKER}), "
+                               f"and the download replaces all of it; name a new or empty folder, or move "
+                               f"those files away first.")
+    return target
 
 
 def _obtain(source: str, scratch: Path, data: DataParams) -> tuple[SplitRoot, bool]:
@@ -99,7 +144,7 @@ def _obtain(source: str, scratch: Path, data: DataParams) -> tuple[SplitRoot, bo
 
 def _unpack(path: Path, scratch: Path, label: str, max_bytes: int) -> SplitRoot:
     extracted = scratch / "extracted"
-    archive.extract(path, extracted, max_bytes=max_bytes)
+    archive.extract(path, extracted, max_bytes=max_bytes, label=label)
     if path.is_relative_to(scratch):
         path.unlink()  # the downloaded archive is no longer needed: free its space now
     return find_split_root(extracted, label=label)
@@ -109,6 +154,9 @@ def _https_download(url: str, scratch: Path, data: DataParams, max_bytes: int) -
     if not data.sha256:
         raise VitpipeError(f"data.sha256 is required for {url}: download the file once, run "
                            f"`sha256sum FILE`, and set data.sha256 (or pass --sha256).")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", data.sha256.strip()):
+        raise VitpipeError(f"data.sha256 (--sha256) {data.sha256!r} is not a SHA-256 (64 hex digits, as "
+                           f"`sha256sum FILE` prints); fix it before anything is downloaded.")
     name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name.lower()
     suffix = next((s for s in archive.ARCHIVE_SUFFIXES if name.endswith(s)), ".download")
     scratch.mkdir(parents=True, exist_ok=True)
@@ -129,6 +177,9 @@ def _kaggle_download(source: str) -> Path:
     try:
         local = Path(kagglehub.dataset_download(handle))
     except kaggle_errors as exc:  # requests' errors (offline: ConnectionError) are OSErrors
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            raise VitpipeError(f"could not store kaggle:{name} in kagglehub's cache ({_short(exc)}); free space "
+                               f"there, or set KAGGLEHUB_CACHE to a folder with room.") from None
         raise VitpipeError(f"could not download kaggle:{name} ({_short(exc)}); needs network and Kaggle "
                            f"credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY), or set "
                            f"data.source to a local directory.") from None

@@ -12,6 +12,7 @@ many images one split holds never changes the images of another.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from dataclasses import dataclass
@@ -291,7 +292,9 @@ def generate(dest: Path, params: SyntheticParams, *, seed: int) -> None:
             folder.mkdir(parents=True)
             for index in range(counts[split]):
                 rng = np.random.default_rng([seed, split_id, class_id, index])
-                render(rng, species, params.image_size).save(folder / f"{index:04d}.jpg", "JPEG", **_JPEG)
+                jpeg = io.BytesIO()  # Pillow's encoder writes to a file descriptor and ignores a short write
+                render(rng, species, params.image_size).save(jpeg, "JPEG", **_JPEG)
+                (folder / f"{index:04d}.jpg").write_bytes(jpeg.getvalue())  # a full disk raises here
     logger.info("synthetic: wrote %d images of %d classes at %d px to %s (per class: train %d, valid %d, test %d)",
                 params.classes * sum(counts.values()), params.classes, params.image_size, dest,
                 counts["train"], counts["valid"], counts["test"])

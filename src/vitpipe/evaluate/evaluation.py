@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,8 @@ def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, output
 
 
 def _prediction_rows(samples, probs: np.ndarray, classes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per image; ``top5`` is a JSON list of class names (any character may be in a name)."""
     top = np.argsort(-probs, axis=1, kind="stable")[:, :TOP_K]
     return [{"path": s.path, "actual": classes[s.label], "predicted": classes[top[i, 0]],
-             "confidence": float(probs[i, top[i, 0]]), "top5": "|".join(classes[j] for j in top[i])}
+             "confidence": float(probs[i, top[i, 0]]), "top5": json.dumps([classes[j] for j in top[i]], ensure_ascii=False)}
             for i, s in enumerate(samples)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from vitpipe.cachedir import ENV, cache_subdir, make_cache_dir
 from vitpipe.data.index import Sample, samples_digest
 from vitpipe.data.torchdata import ImageDataset
-from vitpipe.fileio import atomic_path
+from vitpipe.errors import VitpipeError
+from vitpipe.fileio import atomic_path, disk_error_text
 from vitpipe.runtime import autocast, derive_seed
 
 logger = logging.getLogger(__name__)
@@ -44,15 +45,8 @@ def extraction_batch_size(device: torch.device) -> int:
 
 
 def default_cache_dir() -> Path:
-    """``$VITPIPE_CACHE_DIR``, else ``$XDG_CACHE_HOME/vitpipe/features`` (``~/.cache/...``).
-
-    Outside the repository on purpose: queued ``dvc exp run`` experiments run in temporary
-    copies of the repo and share it. Entries are content-addressed, so sharing is safe.
-    """
-    if os.environ.get("VITPIPE_CACHE_DIR"):
-        return Path(os.environ["VITPIPE_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "vitpipe" / "features"
+    """``features/`` in vitpipe's cache folder (:func:`vitpipe.cachedir.cache_root`)."""
+    return cache_subdir("features")
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -61,7 +55,7 @@ def weights_digest(module: nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return digest.hexdigest()
 
 
@@ -133,11 +127,16 @@ class FeatureCache:
             except (SafetensorError, OSError, KeyError):
                 logger.warning("feature cache entry %s is unreadable; recomputing it", path)
         feats = extractor(root, samples, transform, seed=view_seed, desc=desc)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file({"features": feats.contiguous()}, str(tmp),
-                      metadata={"key": json.dumps(key_parts, sort_keys=True)})
         logger.info("%s: computed %d features", desc, len(samples))
+        try:
+            make_cache_dir(self.root)
+            with atomic_path(path) as tmp:
+                save_file({"features": feats.contiguous()}, str(tmp),
+                          metadata={"key": json.dumps(key_parts, sort_keys=True)})
+        except (OSError, SafetensorError, VitpipeError) as exc:  # the cache is a speed-up: go on without it
+            reason = str(exc).split(". ")[0] if isinstance(exc, VitpipeError) else disk_error_text(exc, path)
+            logger.warning("feature cache: %s; features not cached, training goes on (free space there or set "
+                           "%s to a writable folder)", reason, ENV)
         return feats
 
 

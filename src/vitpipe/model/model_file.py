@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from vitpipe.errors import VitpipeError
-from vitpipe.fileio import atomic_path
+from vitpipe.fileio import write_bytes
 from vitpipe.model.classifier import Classifier, ModelInfo, build_model
 from vitpipe.model.transforms import EvalSpec
 from vitpipe.params import ModelParams
@@ -50,8 +50,7 @@ class ModelCard:
 def save_model(path: Path, model: Classifier, card: ModelCard) -> None:
     """Writes the weights and the card atomically."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=card.to_metadata())
+    write_bytes(path, save(state, metadata=card.to_metadata()))  # Python writes: a full disk names ``path``
 
 
 def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[Classifier, ModelCard]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
+import re
 import socket
 import sys
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,34 +58,89 @@ def _hub_offline_if_unreachable(pretrained: bool) -> Iterator[None]:
 
 
 def create_backbone(params: ModelParams) -> nn.Module:
+    """The timm model without its classifier, checked to run at ``model.img_size`` when that is set.
+
+    A model that takes no ``img_size`` argument (most CNNs take any input size) is created without it.
+    """
     kwargs: dict[str, Any] = {"num_classes": 0}
     if params.img_size is not None:
         kwargs["img_size"] = params.img_size
     try:
-        with _hub_offline_if_unreachable(params.pretrained):
+        backbone = _create(params, kwargs)
+    except TypeError as exc:
+        if "img_size" not in kwargs or "img_size" not in str(exc):
+            raise VitpipeError(f"model: {params.name} does not accept these settings ({exc}).") from None
+        backbone = _create(params, {"num_classes": 0})
+        logger.info("%s takes no img_size argument; it runs at model.img_size %d as it is", params.name,
+                    params.img_size)
+    if params.img_size is not None:
+        _check_runs_at(backbone, params)
+    return backbone
+
+
+def _check_runs_at(backbone: nn.Module, params: ModelParams) -> None:
+    """One forward pass at ``model.img_size``: a size the model cannot take fails here, in one line."""
+    size = params.img_size
+    try:
+        with torch.no_grad():
+            backbone.eval()(torch.zeros(1, 3, size, size))
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise VitpipeError(f"model.img_size: {params.name} does not run at {size} px ({reason}); unset "
+                           f"model.img_size or pick another size.") from None
+
+
+def _create(params: ModelParams, kwargs: dict[str, Any]) -> nn.Module:
+    hub = params.name.startswith(("hf-hub:", "hf_hub:"))
+    try:
+        with _hub_offline_if_unreachable(params.pretrained or hub):
             return timm.create_model(params.name, pretrained=params.pretrained, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or "unknown model" in str(exc).lower():
             raise VitpipeError(f"model.name: {params.name!r} is not a timm model. List them with "
                                f"`python -c \"import timm; print(timm.list_models('*vit*'))\"`.") from None
-        if params.pretrained:
+        if params.pretrained or hub:
             raise _offline_error(params.name, exc) from None
         raise
-    except TypeError as exc:
-        raise VitpipeError(f"model: {params.name} does not accept these settings ({exc}); "
-                           f"unset model.img_size.") from None
     except (OSError, ValueError, ImportError) as exc:
-        if params.pretrained:
+        if params.pretrained or hub:
             raise _offline_error(params.name, exc) from None
         raise
 
 
 def _offline_error(name: str, exc: BaseException) -> VitpipeError:
     reason = type(exc).__name__  # the Hub's messages run to several sentences
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        return VitpipeError(f"model.name {name}: its config could not be downloaded from the Hugging Face Hub "
+                            f"(offline? {reason}). Use a timm model name (e.g. deit_tiny_patch16_224), or "
+                            f"run once with network so the Hub's cache holds it.")
     return VitpipeError(
         f"No pretrained weights could be downloaded for {name} (offline? {reason}). "
         f"Set model.pretrained: false, or model.weights: path/to/file.safetensors."
     )
+
+
+def safe_torch_load(path: Path, *, what: str) -> Any:
+    """``torch.load(weights_only=True)``; a file holding more than tensors is refused, never loaded.
+
+    Torch's own message advises loading with ``weights_only=False`` (which runs any code in the
+    file): vitpipe never repeats that advice.
+
+    Raises:
+        VitpipeError: the file holds Python objects (``what`` names the setting) or is not a checkpoint.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise VitpipeError(f"{what}: {path} is not a weights file vitpipe trusts: it holds Python objects, not "
+                           f"only tensors, and loading those could run code. Use a .safetensors file, or a .pth "
+                           f"of plain tensors.") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a foreign file
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split(". ")[0].splitlines()[0][:160] or type(exc).__name__
+        raise VitpipeError(f"{what}: {path} is not a readable PyTorch checkpoint ({reason}); download it again "
+                           f"or convert it to .safetensors.") from None
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -98,12 +156,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise VitpipeError(f"model.weights: {path} is not a readable safetensors file ({exc}).") from None
     if path.suffix not in (".pth", ".pt", ".bin"):
         raise VitpipeError(f"model.weights: {path} must end in .safetensors, .pth or .pt.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise VitpipeError(f"model.weights: {path} refused: not a plain tensor checkpoint ({first}). "
-                           f"Only weights load (weights_only=True); convert it to .safetensors.") from None
+    obj = safe_torch_load(path, what="model.weights")
     for key in ("model_ema", "state_dict_ema", "model", "state_dict"):  # DeiT / timm train.py layouts
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

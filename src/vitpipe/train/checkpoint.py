@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitpipe.fileio import atomic_path
+from vitpipe.errors import VitpipeError
+from vitpipe.fileio import atomic_path, write_error
+from vitpipe.model.weights import safe_torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +78,11 @@ def save_checkpoint(path: Path, *, params_hash: str, complete: bool, progress: P
         "ema": ema.state_dict() if ema is not None else None,
         "rng": _rng_state(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(payload, f)  # to a buffered Python file: a full disk is an OSError, not torch's "unexpected pos"
+        except RuntimeError as exc:
+            raise write_error(path, exc) from None
 
 
 def load_checkpoint(path: Path, *, params_hash: str) -> dict[str, Any] | None:
@@ -85,9 +90,12 @@ def load_checkpoint(path: Path, *, params_hash: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a torn or foreign file: never trust it, start fresh
-        logger.warning("checkpoint %s is unreadable (%s); starting fresh", path, str(exc).splitlines()[0][:120])
+        payload = safe_torch_load(path, what="checkpoint")
+    except VitpipeError as exc:  # a torn or foreign file: never trust it, start fresh
+        logger.warning("%s; starting fresh", str(exc).split("; ")[0].split(". ")[0])
+        return None
+    if not isinstance(payload, dict):
+        logger.warning("checkpoint %s holds no vitpipe checkpoint; starting fresh", path)
         return None
     if payload.get("params_hash") != params_hash:
         logger.info("checkpoint %s was made with other params; starting fresh", path)

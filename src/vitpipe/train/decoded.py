@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -25,9 +26,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from vitpipe.data.images import load_rgb
+from vitpipe.cachedir import make_cache_dir
 from vitpipe.data.index import Sample, samples_digest
-from vitpipe.fileio import atomic_path, write_json
+from vitpipe.data.torchdata import load_indexed
+from vitpipe.fileio import atomic_path, write_error, write_json
 from vitpipe.model.transforms import INTERPOLATION, EvalSpec
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,15 @@ class _Crops(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.geometry(load_rgb(self.root / self.samples[i].path))).copy())
+        return torch.from_numpy(np.asarray(self.geometry(load_indexed(self.root, self.samples[i]))).copy())
+
+
+def _reserve(path: Path) -> None:
+    """Allocates the whole (sparse) memmap file now: a full disk is then an OSError here, not a
+    SIGBUS when a page of the map is first written."""
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
 
 
 class DecodedImages:
@@ -85,9 +95,13 @@ class DecodedImages:
         shape = (len(samples), spec.crop, spec.crop, 3)
         array = cls._open(path, shape)
         if array is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                make_cache_dir(path.parent)
+            except OSError as exc:
+                raise write_error(path.parent, exc) from None
             with atomic_path(path) as tmp:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                _reserve(tmp)
                 loader = DataLoader(_Crops(root, samples, spec), batch_size=64, num_workers=num_workers)
                 at = 0
                 for batch in tqdm(loader, desc="decoding", unit="batch", leave=False, disable=None):

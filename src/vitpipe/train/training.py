@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from vitpipe.cachedir import cache_subdir
 from vitpipe.data.index import DatasetIndex
 from vitpipe.data.torchdata import ImageDataset
 from vitpipe.errors import VitpipeError
@@ -89,8 +90,7 @@ def _feature_engine(model: Classifier, index: DatasetIndex, params: Params, *, d
                          loss_fn=losses[0], val_loss_fn=losses[1])
 
 
-def _image_batches(index: DatasetIndex, t, *, device: torch.device, spec, train_tf, eval_tf,
-                   cache: FeatureCache) -> BatchSource:
+def _image_batches(index: DatasetIndex, t, *, device: torch.device, spec, train_tf, eval_tf) -> BatchSource:
     """Decoded uint8 images augmented on the device (CUDA by default), or a DataLoader over files."""
     decoded = t.image_source == "decoded" or (t.image_source == "auto" and device.type == "cuda"
                                               and t.augment == "seed")
@@ -98,9 +98,12 @@ def _image_batches(index: DatasetIndex, t, *, device: torch.device, spec, train_
         return LoaderBatches(ImageDataset(index.root, index.samples("train"), train_tf),
                              ImageDataset(index.root, index.samples("valid"), eval_tf),
                              device=device, num_workers=t.num_workers)
-    root = cache.root.parent / "decoded"
-    stores = [DecodedImages.build_or_open(root, index.root, index.samples(split), spec, num_workers=t.num_workers)
-              for split in ("train", "valid")]
+    root = cache_subdir("decoded")
+    try:
+        stores = [DecodedImages.build_or_open(root, index.root, index.samples(split), spec,
+                                              num_workers=t.num_workers) for split in ("train", "valid")]
+    except VitpipeError as exc:
+        raise VitpipeError(f"{exc} Or set train.image_source: loader (no decoded store).") from None
     return DecodedBatches(*stores, train_augment=DeviceAugment(spec, train=True, device=device),
                           eval_augment=DeviceAugment(spec, train=False, device=device), device=device)
 
@@ -138,8 +141,7 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
         engine = _feature_engine(model, index, params, device=device, cache=cache or FeatureCache(),
                                  train_tf=train_tf, eval_tf=eval_tf, losses=losses)
     else:
-        batches = _image_batches(index, t, device=device, spec=spec, train_tf=train_tf, eval_tf=eval_tf,
-                                 cache=cache or FeatureCache())
+        batches = _image_batches(index, t, device=device, spec=spec, train_tf=train_tf, eval_tf=eval_tf)
         engine = ImageEngine(model, batches=batches, params=t, device=device, loss_fn=losses[0],
                              val_loss_fn=losses[1], mixup=mixup)
     # The optimizer collects every parameter that trains at some point of the run, then the backbone
