@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("check-data", help="check a dataset's splits and images; non-zero exit if refused")
-    p.add_argument("dir", help="dataset root holding train/ (and valid/, test/)")
+    p.add_argument("dir", help="dataset folder in any layout the download stage accepts (train/<class>/, <class>/)")
     p.add_argument("--bad-images", choices=["refuse", "skip"], help="data.bad_images")
     p.add_argument("--strict", action="store_true", help="refuse duplicate images (data.strict)")
     p.set_defaults(func=_cmd_check_data)

@@ -2,7 +2,7 @@
 
 Accepted forms: ``synthetic``; a local directory; a local ``.zip``/``.tar``/``.tar.gz``/``.tgz``;
 an ``https://`` archive with ``data.sha256``; ``kaggle:OWNER/SLUG[@VERSION]``. Whatever arrives is
-searched for its split root (:mod:`vitpipe.download.layout`), missing splits are carved off train, and the
+searched for its split root (:mod:`vitpipe.data.layout`), missing splits are carved off train, and the
 result is swapped in for ``dest`` only when complete.
 """
 
@@ -15,7 +15,8 @@ import urllib.parse
 from pathlib import Path
 
 from vitpipe.download import archive, http_fetch
-from vitpipe.download.layout import SplitRoot, find_split_root, materialise
+from vitpipe.data.layout import SplitRoot, find_split_root
+from vitpipe.download.layout import materialise
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import atomic_dir
 from vitpipe.params import DataParams
@@ -60,10 +61,11 @@ def fetch(source: str, dest: Path, data: DataParams) -> None:
         logger.info("%s: split root %s, %s", source, _shown(found.root, scratch), found.layout)
         if found.ignored:
             logger.info("%s: ignored beside the splits: %s", source, ", ".join(found.ignored))
-        carved = [s for s in ("valid", "test") if s not in found.splits]
+        carved = found.missing
         if carved:
-            logger.info("carving %s off train per class (data.val_fraction=%g, data.test_fraction=%g, "
-                        "data.seed=%d)", " and ".join(carved), data.val_fraction, data.test_fraction, data.seed)
+            logger.info("carving %s off train by a hash of each image (data.val_fraction=%g, "
+                        "data.test_fraction=%g, data.seed=%d)", " and ".join(carved), data.val_fraction,
+                        data.test_fraction, data.seed)
         counts = materialise(found, out, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
                              seed=data.seed, move=move)
         shutil.rmtree(scratch, ignore_errors=True)
