@@ -23,7 +23,7 @@ from PIL import Image
 from vitpipe import cli
 from vitpipe.download import http_fetch, sources
 from vitpipe.errors import VitpipeError
-from vitpipe.params import DataParams, SyntheticParams
+from vitpipe.params import DEFAULT_WATCH, DataParams, SyntheticParams
 
 EDITION = {"train/ADONIS": 4, "train/MONARCH": 5, "valid/ADONIS": 1, "valid/MONARCH": 2,
            "test/ADONIS": 1, "test/MONARCH": 1}
@@ -102,6 +102,37 @@ def test_adding_and_removing_photos_moves_no_other_photo(tmp_path: Path) -> None
     assert len(after) == len(before) + 25 - 1
     assert {k: after[k] for k in before if k in after} == {k: v for k, v in before.items() if k != "ADONIS/004.png"}
     assert sum(v != "train" for v in before.values()) > 0
+
+
+# --- data.watch: the dvc.yaml dep that makes DVC see a local source's changes ---------------------
+
+@pytest.mark.parametrize("source", ["synthetic", "https://example.org/b.zip", "kaggle:owner/slug@3"])
+def test_sources_pinned_by_params_keep_the_default_watch(source: str) -> None:
+    sources.check_watch(DataParams(source=source))
+    with pytest.raises(VitpipeError) as err:
+        sources.check_watch(DataParams(source=source, watch="/data/photos"))
+    assert "data.watch" in str(err.value) and DEFAULT_WATCH in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_local_source_needs_its_own_path_as_watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photos = _images(tmp_path / "photos", {"cat": 2})
+    archive = _zip_dir(photos, tmp_path / "photos.zip")
+    monkeypatch.chdir(tmp_path)
+    sources.check_watch(DataParams(source=str(photos), watch=str(photos)))
+    sources.check_watch(DataParams(source="photos/", watch=str(photos)))  # relative and absolute agree
+    sources.check_watch(DataParams(source=str(archive), watch="photos.zip"))
+    for watch in (DEFAULT_WATCH, str(tmp_path), "photos.zip"):
+        with pytest.raises(VitpipeError) as err:
+            sources.check_watch(DataParams(source=str(photos), watch=watch))
+        assert f"-S data.watch={photos}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_watch_with_a_tilde_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _images(tmp_path / "photos", {"cat": 2})
+    with pytest.raises(VitpipeError, match=rf"DVC does not expand ~; write the full path, data.watch: {tmp_path}/photos"):
+        sources.check_watch(DataParams(source="~/photos", watch="~/photos"))
+    sources.check_watch(DataParams(source="~/photos", watch=str(tmp_path / "photos")))
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])

@@ -19,7 +19,7 @@ from vitpipe.data.layout import SplitRoot, find_split_root
 from vitpipe.download.layout import materialise
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import atomic_dir
-from vitpipe.params import DataParams
+from vitpipe.params import DEFAULT_WATCH, DataParams
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,36 @@ def kaggle_handle(source: str) -> str:
                            f"kaggle:OWNER/SLUG@VERSION, e.g. kaggle:gpiosenka/butterfly-images40-species@3.")
     owner, slug, version = match.groups()
     return f"{owner}/{slug}" + (f"/versions/{version}" if version else "")
+
+
+def local_path(source: str) -> Path | None:
+    """The path a local folder or archive source names; None for synthetic, URLs and Kaggle."""
+    text = source.strip()
+    if text == "synthetic" or text.startswith("kaggle:") or "://" in text:
+        return None
+    return Path(text).expanduser()
+
+
+def check_watch(data: DataParams) -> None:
+    """Refuses a ``data.watch`` that would hide the source's changes from DVC.
+
+    dvc.yaml lists ``${data.watch}`` as a dep of the download stage, so DVC hashes it: it must be
+    a local source's own path. Other sources are pinned by params (``data.sha256``, ``@VERSION``,
+    ``data.synthetic``) and keep the default.
+    """
+    watch, local = data.watch.strip(), local_path(data.source)
+    if watch.startswith("~"):
+        raise VitpipeError(f"data.watch {watch!r}: DVC does not expand ~; write the full path, "
+                           f"data.watch: {Path(watch).expanduser()}.")
+    if local is None:
+        if watch != DEFAULT_WATCH:
+            raise VitpipeError(f"data.watch is {watch!r} but data.source {data.source!r} is not a local folder "
+                               f"or archive (params pin it); set data.watch back to {DEFAULT_WATCH}.")
+        return
+    if Path(watch).resolve() != local.resolve():
+        raise VitpipeError(f"data.source is the local {data.source!r} but data.watch is {watch!r}, so DVC would "
+                           f"not notice when its images change; set data.watch to the same path "
+                           f"(dvc exp run -S data.source={data.source} -S data.watch={local}).")
 
 
 def fetch(source: str, dest: Path, data: DataParams) -> None:
