@@ -1,0 +1,115 @@
+"""Where the feature cache keeps its entries: one SQLite file, one row per image and feature key.
+
+One indexed file instead of a file per image (12,500 images would be 12,500 tiny files) or per
+split (adding 5 images would recompute them all). SQLite (Python's standard library) gives what
+queued ``dvc exp run`` workers sharing the cache need: writes are transactions, so a reader never
+sees half an entry, and two processes may write at once (WAL journal; a writer waits for the
+other's lock). Each row carries its CRC-32: an entry that does not match is reported as missing
+and recomputed, and a file that is not a readable database makes the cache step aside with a
+warning (features are then computed, not stored). A connection is opened per call and closed,
+so none is carried into forked DataLoader workers. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+FILENAME = "features.sqlite"
+_BUSY_TIMEOUT_S = 120.0  # how long a writer waits for another process's transaction
+_CHUNK = 900  # keys per SELECT ... IN (...): under SQLite's oldest limit of 999 variables
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS features (feature_key TEXT NOT NULL, image TEXT NOT NULL, "
+    "crc INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (feature_key, image)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS feature_keys (feature_key TEXT PRIMARY KEY, parts TEXT NOT NULL)",
+)
+
+
+class FeatureStore:
+    """``(feature key, image content hash) -> bytes`` in ``root/features.sqlite``."""
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / FILENAME
+        self.unusable = False  # set after the first database error: the run goes on without the cache
+        self.damaged = 0  # entries found damaged (and so reported missing)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")  # readers and a writer at once; kept in the file
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; commits skip an fsync
+            yield conn
+        finally:
+            conn.close()
+
+    def _step_aside(self, exc: sqlite3.Error) -> None:
+        if not self.unusable:
+            logger.warning("feature cache %s is unusable (%s); computing features without it. "
+                           "`vitpipe cache --clear` removes it.", self.path, exc)
+        self.unusable = True
+
+    def get(self, feature_key: str, images: Sequence[str]) -> dict[str, bytes]:
+        """The stored, intact entries among ``images`` (content hashes); damaged ones are left out."""
+        if self.unusable or not self.path.exists():
+            return {}
+        found: dict[str, bytes] = {}
+        try:
+            with self._connect() as conn:
+                if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'features'").fetchone() is None:
+                    return {}  # created by a writer that has not committed its first entries yet
+                for start in range(0, len(images), _CHUNK):
+                    chunk = list(images[start:start + _CHUNK])
+                    rows = conn.execute(
+                        f"SELECT image, crc, data FROM features WHERE feature_key = ? AND image IN "
+                        f"({','.join('?' * len(chunk))})", [feature_key, *chunk])
+                    for image, crc, data in rows:
+                        if zlib.crc32(data) == crc:
+                            found[image] = bytes(data)
+                        else:
+                            self.damaged += 1
+        except sqlite3.Error as exc:
+            self._step_aside(exc)
+            return {}
+        return found
+
+    def put(self, feature_key: str, entries: Iterable[tuple[str, bytes]], *, parts: dict[str, Any]) -> None:
+        """Stores ``(image, data)`` entries in one transaction; ``parts`` describes the key (for people)."""
+        if self.unusable:
+            return
+        rows = [(feature_key, image, zlib.crc32(data), data) for image, data in entries]
+        try:
+            with self._connect() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.execute("INSERT OR IGNORE INTO feature_keys VALUES (?, ?)",
+                                 (feature_key, json.dumps(parts, sort_keys=True)))
+                    conn.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)", rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            self._step_aside(exc)
+
+    def count(self) -> int:
+        """How many entries the store holds (0 when it is missing or unusable)."""
+        if not self.path.exists():
+            return 0
+        try:
+            with self._connect() as conn:
+                return int(conn.execute("SELECT count(*) FROM features").fetchone()[0])
+        except sqlite3.Error:
+            return 0
