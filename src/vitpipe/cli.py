@@ -100,14 +100,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
     from vitpipe.bench.bench import bench_params, format_table, resolve_data, run_bench
+    from vitpipe.bench.cachebench import format_table as format_cache_table
+    from vitpipe.bench.cachebench import run_cache_bench
 
     params = bench_params(_params_or_defaults(args.params), epochs=args.epochs, model=args.model,
                           img_size=args.img_size)
     with tempfile.TemporaryDirectory(prefix="vitpipe-bench-data-") as scratch:
         root, name = resolve_data(args.data, params.data, Path(scratch))
-        result = run_bench(params, root, out=args.out, data_name=name, skip_loop=args.skip_loop,
-                           loop_workers=args.loop_workers, views=args.views, precisions=args.precisions)
-    print(format_table(result))  # noqa: T201 - the table is this command's output
+        if not args.cache_only:
+            result = run_bench(params, root, out=args.out, data_name=name, skip_loop=args.skip_loop,
+                               loop_workers=args.loop_workers, views=args.views, precisions=args.precisions)
+            print(format_table(result))  # noqa: T201 - the table is this command's output
+        if not args.skip_cache:
+            with tempfile.TemporaryDirectory(prefix="vitpipe-bench-cache-") as work:
+                cached = run_cache_bench(params, root, out=args.out, work=Path(work), data_name=name,
+                                         added=args.added)
+            print(format_cache_table(cached))  # noqa: T201
     return 0
 
 
@@ -170,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear", action="store_true", help="remove them (they are recomputed when needed)")
     p.set_defaults(func=_cmd_cache)
 
-    p = sub.add_parser("bench", help="time the tutorial's loop against vitpipe's train stage; append to BENCHMARKS.md")
+    p = sub.add_parser("bench", help="time the tutorial's loop against vitpipe's train stage, and the feature "
+                       "cache as images are added; append to BENCHMARKS.md")
     p.add_argument("--data", type=Path, help="dataset root with train/, valid/, test/ (default: "
                    "../shared/data/butterflies-10 beside the repo, else a synthetic set)")
     p.add_argument("--epochs", type=_positive_int, help="train.epochs (default: params.yaml's)")
@@ -184,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated train.cache_views values, one vitpipe run each (default: params.yaml's)")
     p.add_argument("--precisions", type=_precision_list, default=(),
                    help="comma-separated train.precision values (bf16,fp32), one vitpipe run each")
+    p.add_argument("--added", type=_positive_int, default=50,
+                   help="feature cache row: train images held back, then added (default: 50)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--skip-cache", action="store_true", help="no feature cache row")
+    which.add_argument("--cache-only", action="store_true", help="the feature cache row only")
     p.set_defaults(func=_cmd_bench)
     return parser
 

@@ -91,7 +91,7 @@ def test_second_request_is_served_from_the_cache(tmp_path, tiny_index, backbone_
     again = FeatureCache(tmp_path)
     second = _features(again, extractor, tiny_index, eval_tf)
     n = len(tiny_index.samples("train"))
-    assert extractor.calls == [("view 0", n), ("view 0", 0)]
+    assert extractor.calls == [("view 0", n)]  # nothing to compute: no loader either
     assert (again.reused, again.computed) == (n, 0)
     assert torch.equal(first, second)
     assert [p.name for p in tmp_path.iterdir()] == [FILENAME]  # one file, not one per image
@@ -160,7 +160,7 @@ def test_changed_library_versions_or_code_invalidate(tmp_path, tiny_index, backb
         assert extractor.calls[-1] == ("view 0", 3), part
     monkeypatch.setattr(features, "feature_environment", lambda: real)
     _features(cache, extractor, tiny_index, eval_tf, samples=samples)
-    assert extractor.calls[-1] == ("view 0", 0)
+    assert len(extractor.calls) == 8  # back to the first key: served from the cache
 
 
 def test_the_environment_names_the_installed_libraries_and_the_shaping_code():
@@ -203,8 +203,9 @@ def test_a_damaged_entry_is_recomputed_alone(tmp_path, tiny_index, backbone_and_
                      (tiny_index.samples("train")[3].sha256,))
     second = _features(FeatureCache(tmp_path), extractor, tiny_index, eval_tf)
     assert extractor.calls[-1] == ("view 0", 1) and torch.equal(first, second)
-    _features(FeatureCache(tmp_path), extractor, tiny_index, eval_tf)
-    assert extractor.calls[-1] == ("view 0", 0)  # stored again, intact
+    again = FeatureCache(tmp_path)
+    _features(again, extractor, tiny_index, eval_tf)
+    assert again.computed == 0 and len(extractor.calls) == 2  # stored again, intact
 
 
 def test_a_damaged_cache_file_is_stepped_around(tmp_path, tiny_index, backbone_and_transforms, caplog):

@@ -15,9 +15,10 @@ WRITER = textwrap.dedent("""
     from vitpipe.model.featurestore import FeatureStore
     root, first = sys.argv[1], int(sys.argv[2])
     store = FeatureStore(root)
-    for batch in range(first, first + 60):  # 60 transactions of 20 entries; the two writers overlap by half
-        entries = [(f"{i:064x}", hashlib.sha256(str(i).encode()).digest() * 12) for i in range(batch * 20, batch * 20 + 20)]
-        store.put("key", entries, parts={"writer": first})
+    with store.writer("key", parts={"writer": first}) as write:  # as a backbone pass writes
+        for batch in range(first, first + 150):  # 150 transactions of 20 entries; the writers overlap by half
+            write([(f"{i:064x}", hashlib.sha256(str(i).encode()).digest() * 12)
+                   for i in range(batch * 20, batch * 20 + 20)])
     sys.exit(1 if store.unusable else 0)
 """)
 
@@ -28,15 +29,15 @@ def _value(i: int) -> bytes:
 
 def test_two_processes_write_at_once_and_every_entry_arrives_intact(tmp_path):
     writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(first)],
-                                stderr=subprocess.PIPE, text=True) for first in (0, 30)]
+                                stderr=subprocess.PIPE, text=True) for first in (0, 75)]
     reader = FeatureStore(tmp_path)
-    wanted = [f"{i:064x}" for i in range(90 * 20)]
+    wanted = [f"{i:064x}" for i in range(225 * 20)]
     while any(w.poll() is None for w in writers):  # read while they write: never half an entry
         for image, data in reader.get("key", wanted).items():
             assert data == _value(int(image, 16))
     assert [w.wait() for w in writers] == [0, 0], [w.stderr.read() for w in writers]
     found = reader.get("key", wanted)
-    assert len(found) == 90 * 20 and reader.count() == 90 * 20
+    assert len(found) == 225 * 20 and reader.count() == 225 * 20
     assert all(data == _value(int(image, 16)) for image, data in found.items())
     assert not reader.unusable and reader.damaged == 0
 

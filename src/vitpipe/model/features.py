@@ -185,10 +185,12 @@ class FeatureCache:
         found = self.store.get(key, wanted)
         first = {s.sha256: s for s in reversed(samples)}
         todo = [first[h] for h in wanted if h not in found]
-        for start, feats in extractor.batches(root, todo, transform, seed=view_seed, desc=desc):
-            done = [(s.sha256, _to_bytes(f)) for s, f in zip(todo[start:start + len(feats)], feats)]
-            self.store.put(key, done, parts=parts)
-            found.update(done)
+        batches = extractor.batches(root, todo, transform, seed=view_seed, desc=desc) if todo else ()
+        with self.store.writer(key, parts=parts) as write:
+            for start, feats in batches:  # no loader (and no worker processes) when nothing is missing
+                done = [(s.sha256, _to_bytes(f)) for s, f in zip(todo[start:start + len(feats)], feats)]
+                write(done)  # one transaction per batch: an interrupted pass keeps what it computed
+                found.update(done)
         self.computed += len(todo)
         self.reused += len(wanted) - len(todo)
         logger.info("%s: %d features, %d from the cache, %d computed", desc, len(samples),

@@ -6,8 +6,9 @@ queued ``dvc exp run`` workers sharing the cache need: writes are transactions, 
 sees half an entry, and two processes may write at once (WAL journal; a writer waits for the
 other's lock). Each row carries its CRC-32: an entry that does not match is reported as missing
 and recomputed, and a file that is not a readable database makes the cache step aside with a
-warning (features are then computed, not stored). A connection is opened per call and closed,
-so none is carried into forked DataLoader workers. This module imports no torch.
+warning (features are then computed, not stored). A read's connection lives for the read; a
+writer's for one pass of the backbone, opened at its first batch, after the DataLoader's workers
+have forked, so no connection is carried into a child process. This module imports no torch.
 """
 
 from __future__ import annotations
@@ -41,19 +42,29 @@ class FeatureStore:
         self.unusable = False  # set after the first database error: the run goes on without the cache
         self.damaged = 0  # entries found damaged (and so reported missing)
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def open(self) -> sqlite3.Connection:
+        """A connection in autocommit mode, the file in WAL mode (readers and a writer at once)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         try:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")  # readers and a writer at once; kept in the file
+                conn.execute("PRAGMA journal_mode=WAL")  # kept in the file
             conn.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; commits skip an fsync
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = self.open()
+        try:
             yield conn
         finally:
             conn.close()
 
-    def _step_aside(self, exc: sqlite3.Error) -> None:
+    def step_aside(self, exc: sqlite3.Error) -> None:
+        """Warns once and stops using the file for this run."""
         if not self.unusable:
             logger.warning("feature cache %s is unusable (%s); computing features without it. "
                            "`vitpipe cache --clear` removes it.", self.path, exc)
@@ -79,30 +90,23 @@ class FeatureStore:
                         else:
                             self.damaged += 1
         except sqlite3.Error as exc:
-            self._step_aside(exc)
+            self.step_aside(exc)
             return {}
         return found
 
-    def put(self, feature_key: str, entries: Iterable[tuple[str, bytes]], *, parts: dict[str, Any]) -> None:
-        """Stores ``(image, data)`` entries in one transaction; ``parts`` describes the key (for people)."""
-        if self.unusable:
-            return
-        rows = [(feature_key, image, zlib.crc32(data), data) for image, data in entries]
+    @contextlib.contextmanager
+    def writer(self, feature_key: str, *, parts: dict[str, Any]) -> Iterator[_Writer]:
+        """A :class:`_Writer` for ``feature_key``; its connection is closed on exit."""
+        write = _Writer(self, feature_key, parts)
         try:
-            with self._connect() as conn:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in _SCHEMA:
-                        conn.execute(statement)
-                    conn.execute("INSERT OR IGNORE INTO feature_keys VALUES (?, ?)",
-                                 (feature_key, json.dumps(parts, sort_keys=True)))
-                    conn.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)", rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            self._step_aside(exc)
+            yield write
+        finally:
+            write.close()
+
+    def put(self, feature_key: str, entries: Iterable[tuple[str, bytes]], *, parts: dict[str, Any]) -> None:
+        """Stores ``(image, data)`` entries in one transaction."""
+        with self.writer(feature_key, parts=parts) as write:
+            write(entries)
 
     def count(self) -> int:
         """How many entries the store holds (0 when it is missing or unusable)."""
@@ -113,3 +117,47 @@ class FeatureStore:
                 return int(conn.execute("SELECT count(*) FROM features").fetchone()[0])
         except sqlite3.Error:
             return 0
+
+
+class _Writer:
+    """``write(entries)``: stores ``(image, data)`` entries, one transaction per call.
+
+    One connection for all calls (each close of the last connection checkpoints the WAL into the
+    file, which costs more than the transaction), opened at the first call, so after the
+    DataLoader's workers have forked.
+    """
+
+    def __init__(self, store: FeatureStore, feature_key: str, parts: dict[str, Any]):
+        self.store, self.feature_key, self.parts = store, feature_key, parts
+        self.conn: sqlite3.Connection | None = None
+
+    def __call__(self, entries: Iterable[tuple[str, bytes]]) -> None:
+        if self.store.unusable:
+            return
+        rows = [(self.feature_key, image, zlib.crc32(data), data) for image, data in entries]
+        try:
+            if self.conn is None:
+                self.conn = self.store.open()
+                _transaction(self.conn, "INSERT OR IGNORE INTO feature_keys VALUES (?, ?)",
+                             [(self.feature_key, json.dumps(self.parts, sort_keys=True))])
+            _transaction(self.conn, "INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            self.store.step_aside(exc)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _transaction(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
+    """``sql`` for each row, with the tables created if missing, in one write transaction."""
+    conn.execute("BEGIN IMMEDIATE")  # take the write lock now: waits (busy timeout) for another writer
+    try:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
