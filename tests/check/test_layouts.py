@@ -11,6 +11,7 @@ from PIL import Image
 from vitpipe.check.datacheck import check_dataset
 from vitpipe.cli import main
 from vitpipe.download.sources import fetch
+from vitpipe.errors import VitpipeError
 from vitpipe.params import DataParams
 
 DATA = DataParams(min_class_images=2, val_fraction=0.2, test_fraction=0.2)
@@ -70,3 +71,12 @@ def test_check_data_command_accepts_class_folders_at_the_top(tmp_path, capsys, m
     out = capsys.readouterr().out
     assert "Layout: class folders only (taken as train); valid and test carved off train" in out
     assert "ACCEPTED" in out
+
+
+def test_an_empty_class_folder_is_refused_by_both(tmp_path):
+    source = _source(tmp_path / "source", {"A": 12, "B": 12})
+    (source / "C").mkdir()
+    with pytest.raises(VitpipeError, match="C: empty train class folder"):
+        fetch(str(source), tmp_path / "raw", DATA)
+    result = check_dataset(source, DATA)
+    assert not result.accepted and any(e.startswith("train/C: no usable images") for e in result.errors)

@@ -135,7 +135,7 @@ def _carve(tree: DatasetTree, found: SplitRoot, data: DataParams) -> None:
             tree.files.update(zip(paths, files))
             if paths:
                 tree.splits[split][name] = paths
-        if not parts["train"]:
+        if not parts["train"] and train[name]:  # all carved away (an empty folder stays: it is refused)
             del train[name]
     tree.carved = found.missing
     tree.layout += f"; {' and '.join(found.missing)} carved off train (data.val_fraction={data.val_fraction:g}, " \
