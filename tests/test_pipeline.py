@@ -95,7 +95,7 @@ def test_default_pipeline_runs_offline_reproducibly_and_reruns_only_what_changed
 def test_pipeline_on_real_butterflies_as_a_local_source(repo_copy, butterflies):
     work, env = repo_copy
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["data"]["source"] = str(butterflies)
+    params["data"]["source"] = params["data"]["watch"] = str(butterflies)
     params["model"].update(name="test_vit", img_size=64, head_hidden=64)
     params["train"].update(epochs=3, num_workers=0)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
