@@ -130,7 +130,8 @@ def test_a_local_source_needs_its_own_path_as_watch(tmp_path: Path, monkeypatch:
 def test_a_watch_with_a_tilde_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     _images(tmp_path / "photos", {"cat": 2})
-    with pytest.raises(VitpipeError, match=rf"DVC does not expand ~; write the full path, data.watch: {tmp_path}/photos"):
+    expected = rf"DVC does not expand ~; write the full path, data.watch: {tmp_path}/photos"
+    with pytest.raises(VitpipeError, match=expected):
         sources.check_watch(DataParams(source="~/photos", watch="~/photos"))
     sources.check_watch(DataParams(source="~/photos", watch=str(tmp_path / "photos")))
 

@@ -65,8 +65,8 @@ class CacheBench:
     def row(self) -> str:
         """The markdown row."""
         cold = self.images - self.added
-        cells = (self.date, self.device, f"{self.data} ({self.images})", str(self.added), f"{self.cold_s:.1f} ({cold})",
-                 f"{cold / self.cold_s:.1f}", f"{self.incremental_s:.2f} ({self.computed})", f"{self.warm_s:.3f}",
+        cells = (self.date, self.device, f"{self.data} ({self.images})", str(self.added),
+                 f"{self.cold_s:.1f} ({cold})", f"{cold / self.cold_s:.1f}", f"{self.incremental_s:.2f} ({self.computed})", f"{self.warm_s:.3f}",
                  f"{self.store_mib:.3g}", f"{self.whole_pass_s:.1f}", f"{self.whole_read_s:.3f}", f"{self.whole_mib:.3g}")
         return "| " + " | ".join(cells) + " |"
 
