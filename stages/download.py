@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from vitpipe.download.sources import fetch
+from vitpipe.download.sources import check_watch, fetch
 from vitpipe.logs import run_stage
 from vitpipe.params import load_params
 
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", type=Path, help="output directory, replaced atomically")
     args = parser.parse_args(argv)
     data = load_params().data
+    check_watch(data)  # the dvc.yaml dep that makes DVC see a local source's changes
     fetch(data.source, args.dest, data)
     return 0
 

@@ -86,7 +86,7 @@ def test_the_current_kaggle_edition_goes_from_refused_to_trained_with_one_param(
     _run(["git", "commit", "-qam", "the tutorial's Kaggle source"], work, env)
 
     refused = _run_failing(["dvc", "repro"], work, env)
-    assert _stages_run(refused) == ["download", "split-check"]
+    assert _stages_run(refused) == ["check-params", "download", "split-check"]
     error = next(line for line in refused.splitlines() if "refused" in line)
     assert "valid/QUESTION MARK: class not in train/" in error
     assert "train classes with no folder in valid/ and test/: POLYGONIA" in error
@@ -96,7 +96,7 @@ def test_the_current_kaggle_edition_goes_from_refused_to_trained_with_one_param(
 
     # The user says which train class the folder holds, and runs the printed line.
     exp = _run(shlex.split(line.replace("TRAIN_CLASS", "POLYGONIA")), work, env)
-    assert _stages_run(exp) == ["split-check", "train", "evaluate"]  # download is not rerun
+    assert _stages_run(exp) == ["check-params", "split-check", "train", "evaluate"]  # download is not rerun
     assert log.read_text().splitlines() == ["gpiosenka/butterfly-images40-species"]
 
     data = json.loads((work / "metrics" / "data.json").read_text())

@@ -62,7 +62,8 @@ def test_the_dvc_config_sets_the_template():
 def page(tmp_path_factory) -> Path:
     """`dvc plots show` in a copy of the repo's pipeline file, DVC config and committed metrics."""
     work = tmp_path_factory.mktemp("plots")
-    shutil.copy2(REPO / "dvc.yaml", work / "dvc.yaml")
+    for name in ("dvc.yaml", "params.yaml"):  # dvc.yaml interpolates ${data.watch} from params.yaml
+        shutil.copy2(REPO / name, work / name)
     shutil.copytree(REPO / "metrics", work / "metrics")
     shutil.copytree(REPO / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}

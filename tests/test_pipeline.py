@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import REPO
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +126,7 @@ def test_plain_dvc_repro_refuses_a_misspelt_section_and_stays_a_no_op_otherwise(
 def test_pipeline_on_real_butterflies_as_a_local_source(repo_copy, butterflies):
     work, env = repo_copy
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["data"]["source"] = str(butterflies)
+    params["data"]["source"] = params["data"]["watch"] = str(butterflies)
     params["model"].update(name="test_vit", img_size=64, head_hidden=64)
     params["train"].update(epochs=3, num_workers=0)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -139,3 +141,44 @@ def test_pipeline_on_real_butterflies_as_a_local_source(repo_copy, butterflies):
     assert set(test["per_class"]) == set(data["classes"])
     history = list(csv.DictReader((work / "metrics" / "train_history.csv").open()))
     assert len(history) == 3
+
+
+def _photos(root: Path, classes: dict[str, range]) -> Path:
+    """Small noise PNGs ``root/<class>/<i>.png``, unique per (class, i): a user's own photo folder."""
+    for k, (name, numbers) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in numbers:
+            pixels = np.random.default_rng([k, i]).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def _splits_of(raw: Path) -> dict[str, str]:
+    return {f"{p.parent.name}/{p.name}": p.parent.parent.name for p in raw.glob("*/*/*")}
+
+
+def test_a_changed_local_folder_reruns_the_pipeline_through_plain_dvc_repro(repo_copy, tmp_path):
+    """The README's "Using your own images" commands, as written, and what DVC then notices."""
+    work, env = repo_copy
+    photos = _photos(tmp_path / "my-photos", {"ADONIS": range(30), "MONARCH": range(15)})
+    tiny = ["-S", "model.name=test_vit", "-S", "model.img_size=32", "-S", "model.head_hidden=16",
+            "-S", "train.epochs=1", "-S", "train.num_workers=0", "-S", "data.val_fraction=0.2",
+            "-S", "data.test_fraction=0.2"]
+    out = _run(["dvc", "exp", "run", "-S", f"data.source={photos}", "-S", f"data.watch={photos}", *tiny], work, env)
+    assert _stages_run(out) == ["check-params", "download", "split-check", "train", "evaluate"]
+    assert "Data and pipelines are up to date" in _run(["dvc", "status", "dvc.yaml"], work, env)
+    before = _splits_of(work / "data" / "raw")
+    assert set(before.values()) == {"train", "valid", "test"}
+
+    _photos(photos, {"ADONIS": range(30, 35), "MONARCH": range(15, 20)})  # ten new photos, 016-020 among them
+    status = _run(["dvc", "status", "dvc.yaml"], work, env)
+    assert "download:" in status and "modified:" in status and str(photos) in status
+    out = _run(["dvc", "repro"], work, env)
+    assert _stages_run(out) == ["download", "split-check", "train", "evaluate"]
+    after = _splits_of(work / "data" / "raw")
+    assert len(after) == len(before) + 10 and {k: after[k] for k in before} == before  # nothing moved
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == []
+
+    forgot = subprocess.run(["dvc", "exp", "run", "-S", "data.watch=src/vitpipe/download/synthetic.py"], cwd=work,
+                            env=env, capture_output=True, text=True, timeout=900)
+    assert forgot.returncode != 0 and "so DVC would not notice when its images change" in forgot.stderr + forgot.stdout

@@ -106,14 +106,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import tempfile
 
     from vitpipe.bench.bench import bench_params, format_table, resolve_data, run_bench
+    from vitpipe.bench.cachebench import format_table as format_cache_table
+    from vitpipe.bench.cachebench import run_cache_bench
 
     params = bench_params(_params_or_defaults(args.params), epochs=args.epochs, model=args.model,
                           img_size=args.img_size)
     with tempfile.TemporaryDirectory(prefix="vitpipe-bench-data-") as scratch:
         root, name = resolve_data(args.data, params.data, Path(scratch))
-        result = run_bench(params, root, out=args.out, data_name=name, skip_loop=args.skip_loop,
-                           loop_workers=args.loop_workers, views=args.views, precisions=args.precisions)
-    print(format_table(result))  # noqa: T201 - the table is this command's output
+        if not args.cache_only:
+            result = run_bench(params, root, out=args.out, data_name=name, skip_loop=args.skip_loop,
+                               loop_workers=args.loop_workers, views=args.views, precisions=args.precisions)
+            print(format_table(result))  # noqa: T201 - the table is this command's output
+        if not args.skip_cache:
+            with tempfile.TemporaryDirectory(prefix="vitpipe-bench-cache-") as work:
+                cached = run_cache_bench(params, root, out=args.out, work=Path(work), data_name=name,
+                                         added=args.added)
+            print(format_cache_table(cached))  # noqa: T201
     return 0
 
 
@@ -177,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("check-data", help="check a dataset's splits and images; non-zero exit if refused")
-    p.add_argument("dir", help="dataset root holding train/ (and valid/, test/)")
+    p.add_argument("dir", help="dataset folder in any layout the download stage accepts (train/<class>/, <class>/)")
     p.add_argument("--bad-images", choices=["refuse", "skip"], help="data.bad_images")
     p.add_argument("--strict", action="store_true", help="refuse duplicate images (data.strict)")
     p.set_defaults(func=_cmd_check_data)
@@ -215,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "when needed)")
     p.set_defaults(func=_cmd_cache)
 
-    p = sub.add_parser("bench", help="time the tutorial's loop against vitpipe's train stage; append to BENCHMARKS.md")
+    p = sub.add_parser("bench", help="time the tutorial's loop against vitpipe's train stage, and the feature "
+                       "cache as images are added; append to BENCHMARKS.md")
     p.add_argument("--data", type=Path, help="dataset root with train/, valid/, test/ (default: "
                    "../shared/data/butterflies-10 beside the repo, else a synthetic set)")
     p.add_argument("--epochs", type=_positive_int, help="train.epochs (default: params.yaml's)")
@@ -229,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated train.cache_views values, one vitpipe run each (default: params.yaml's)")
     p.add_argument("--precisions", type=_precision_list, default=(),
                    help="comma-separated train.precision values (bf16,fp32), one vitpipe run each")
+    p.add_argument("--added", type=_positive_int, default=50,
+                   help="feature cache row: train images held back, then added (default: 50)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--skip-cache", action="store_true", help="no feature cache row")
+    which.add_argument("--cache-only", action="store_true", help="the feature cache row only")
     p.set_defaults(func=_cmd_bench)
 
     _add_export_parser(sub)

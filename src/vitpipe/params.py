@@ -23,6 +23,9 @@ import yaml
 from vitpipe.errors import VitpipeError
 
 PARAMS_FILE = Path("params.yaml")
+# data.watch when data.source is not a local folder or archive: the synthetic set's generator,
+# already a dep of the download stage, so the dep adds nothing (see vitpipe.download.sources.check_watch).
+DEFAULT_WATCH = "src/vitpipe/download/synthetic.py"
 
 
 def _p(default: Any, help: str, **limits: Any) -> Any:
@@ -56,9 +59,13 @@ class DataParams:
 
     source: str = _p("synthetic", "synthetic | DIR | ARCHIVE | https://...zip|tar.gz | kaggle:OWNER/SLUG[@VERSION]")
     sha256: Optional[str] = _p(None, "SHA-256 of an https:// archive (required for https)", pattern=r"[0-9a-fA-F]{64}")
+    watch: str = _p(DEFAULT_WATCH, "download's dvc.yaml dep: a local source's own path (so DVC sees its changes), "
+                    "else this default")
     seed: int = _p(0, "synthetic images, and the split of a train-only dataset", ge=0)
-    val_fraction: float = _p(0.1, "carved per class off train when the source has no valid split", ge=0.0, lt=1.0)
-    test_fraction: float = _p(0.1, "carved per class off train when the source has no test split", ge=0.0, lt=1.0)
+    val_fraction: float = _p(0.1, "share of train images carved into valid (per image, by content hash) when the "
+                             "source has no valid split", ge=0.0, lt=1.0)
+    test_fraction: float = _p(0.1, "share of train images carved into test (per image, by content hash) when the "
+                              "source has no test split", ge=0.0, lt=1.0)
     bad_images: Literal["refuse", "skip"] = _p("refuse", "refuse | skip unreadable images (skipped ones are listed)")
     strict: bool = _p(False, "true: refuse identical images within or across splits, and near-duplicates across splits")
     near_duplicate_distance: int = _p(6, "perceptual-hash (64-bit pHash) Hamming distance at or under which two "

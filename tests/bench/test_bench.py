@@ -22,6 +22,7 @@ from vitpipe.bench.bench import (
     table_header,
     table_rows,
 )
+from vitpipe.bench.cachebench import table_header as cache_table_header
 from vitpipe.bench.memory import PeakMemory
 from vitpipe.bench.tutorial import build_recipe
 from vitpipe.cli import main
@@ -93,11 +94,40 @@ def test_cli_bench_skip_loop(tiny_data: Path, tmp_path: Path, capsys: pytest.Cap
     params.write_text("model: {head_hidden: 16}\ntrain: {num_workers: 0, batch_size: 8, epochs: 3}\n")
     out = tmp_path / "BENCH.md"
     code = main(["--params", str(params), "bench", "--data", str(tiny_data), "--out", str(out), "--epochs", "1",
-                 "--model", "test_vit", "--img-size", "32", "--skip-loop"])
+                 "--model", "test_vit", "--img-size", "32", "--skip-loop", "--skip-cache"])
     assert code == 0
     rows = _table(out)
     assert [(r["method"], r["epochs"], r["speedup"]) for r in rows] == [(VITPIPE, "1", "-")]
     assert rows[0]["test acc"] in capsys.readouterr().out
+
+
+def test_cli_bench_feature_cache_row(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("model: {head_hidden: 16}\ntrain: {num_workers: 0}\n")
+    out = tmp_path / "BENCH.md"
+    args = ["--params", str(params), "bench", "--data", str(tiny_data), "--out", str(out), "--model", "test_vit",
+            "--img-size", "32", "--cache-only", "--added", "7"]
+    assert main(args) == 0
+    assert main(args) == 0  # a second run joins the same table
+    rows = _table(out)
+    assert len(rows) == 2 and out.read_text().count(cache_table_header()[0]) == 1
+    for row in rows:
+        assert row["data (train images)"] == "tiny-data0 (30)" and row["added"] == "7"
+        assert row["cold s (images)"].endswith(" (23)") and row["incremental s (computed)"].endswith(" (7)")
+        assert float(row["warm read s"]) >= 0 and float(row["store MiB"]) > 0 and float(row["whole-split MiB"]) > 0
+    assert "## Feature cache" in out.read_text() and rows[0]["warm read s"] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("added", "message"), [("0", "must be at least 1"), ("30", "--added 30: must be between 1")])
+def test_cli_bench_bad_added_is_one_line_error(tiny_data: Path, tmp_path: Path, capsys, added, message) -> None:
+    args = ["bench", "--data", str(tiny_data), "--out", str(tmp_path / "B.md"), "--cache-only", "--model",
+            "test_vit", "--img-size", "32", "--added", added]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own refusal: usage and one error line
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_cli_bench_missing_data_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

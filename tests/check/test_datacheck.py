@@ -107,18 +107,34 @@ def test_class_sets_that_differ_name_every_class(tmp_path):
     assert all("train" in m for m in errors)  # says which split the class map comes from
 
 
-@pytest.mark.parametrize("missing", ["valid", "test", "train"])
-def test_a_missing_split_is_refused(tmp_path, missing):
+def test_a_missing_train_split_is_refused(tmp_path):
     root = _good(tmp_path)
-    for f in (root / missing).rglob("*.png"):
+    for f in (root / "train").rglob("*.png"):
+        f.unlink()
+    for d in sorted((root / "train").iterdir()):
+        d.rmdir()
+    (root / "train").rmdir()
+    result = check_dataset(root, DATA)
+    assert not result.accepted
+    assert [m for m in result.errors if m.startswith("no train/ split")] == result.errors
+
+
+@pytest.mark.parametrize("missing", ["valid", "test"])
+def test_a_missing_valid_or_test_split_is_carved_as_the_download_stage_does(tmp_path, missing):
+    root = _dataset(tmp_path, {"train": {"A": 30, "B": 30}, "valid": {"A": 2, "B": 2}, "test": {"A": 2, "B": 2}})
+    for f in sorted((root / missing).rglob("*.png")):
         f.unlink()
     for d in sorted((root / missing).iterdir()):
         d.rmdir()
     (root / missing).rmdir()
-    result = check_dataset(root, DATA)
-    assert not result.accepted
-    assert [m for m in result.errors if m.startswith(f"no {missing}/ split")] == result.errors
-    assert "data.val_fraction" in format_report(result)  # the fix: let the download stage carve splits
+    data = dataclasses.replace(DATA, val_fraction=0.3, test_fraction=0.3)
+    result = check_dataset(root, data)
+    assert result.accepted, result.errors
+    carved = result.index.samples(missing)
+    assert carved and all(s.path.startswith("train/") for s in carved)  # the index names real files
+    assert len(carved) + len(result.index.samples("train")) == 60
+    assert f"{missing} carved off train" in result.layout and result.relocated
+    assert "as data/raw will hold them" in format_report(result)
 
 
 def test_train_without_class_folders_is_refused_once(tmp_path):
@@ -284,14 +300,14 @@ def test_stray_files_are_reported_and_never_indexed(tmp_path):
     (root / "valid/B/notes.txt").write_text("hello")
     _noise(root / "test/.cache/x.png", 99)
     _noise(root / "train/C/extra/y.png", 98)
-    (root / "val").mkdir()  # a misnamed split beside the real ones
+    (root / "tset").mkdir()  # a misnamed split beside the real ones
     result = check_dataset(root, DATA)
     assert result.accepted
     assert sorted(result.report["stray_files"]) == sorted(stray) and result.report["n_stray_files"] == 5
     warnings = _messages(result, "stray", "warning")
     assert all(any(m.startswith(p + ":") for m in warnings) for p in stray)
-    assert any(m.startswith("val/: not a split folder") for m in _messages(result, "splits", "warning"))
-    assert "val/" not in result.report["stray_files"]
+    assert any(m.startswith("tset/: not a split folder") for m in _messages(result, "splits", "warning"))
+    assert "tset/" not in result.report["stray_files"]
     indexed = {s.path for split in ("train", "valid", "test") for s in result.index.samples(split)}
     assert len(indexed) == 15 and not any("extra" in p or ".cache" in p for p in indexed)
 

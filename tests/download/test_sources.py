@@ -25,7 +25,7 @@ from PIL import Image
 from vitpipe import cli
 from vitpipe.download import http_fetch, sources
 from vitpipe.errors import VitpipeError
-from vitpipe.params import DataParams, SyntheticParams
+from vitpipe.params import DEFAULT_WATCH, DataParams, SyntheticParams
 
 EDITION = {"train/ADONIS": 4, "train/MONARCH": 5, "valid/ADONIS": 1, "valid/MONARCH": 2,
            "test/ADONIS": 1, "test/MONARCH": 1}
@@ -73,20 +73,71 @@ def test_local_directory_is_copied_byte_for_byte(tmp_path: Path) -> None:
     assert len(_tree(src)) == 14  # the source is untouched
 
 
-def test_train_only_folder_is_split_stratified_and_deterministically(tmp_path: Path) -> None:
-    src = _images(tmp_path / "photos", {"cat": 20, "dog": 10, "owl": 3})
+def _splits_of(root: Path) -> dict[str, str]:
+    """``class/file`` -> the split it was written to."""
+    return {f"{p.parent.name}/{p.name}": p.parent.parent.name for p in root.glob("*/*/*")}
+
+
+def test_train_only_folder_is_split_per_image_and_deterministically(tmp_path: Path) -> None:
+    src = _images(tmp_path / "photos", {"cat": 40, "dog": 30, "owl": 3})
     data = DataParams(val_fraction=0.2, test_fraction=0.1, seed=3)
     sources.fetch(str(src), tmp_path / "one", data)
     sources.fetch(str(src), tmp_path / "two", data)
-    counts = {s: {c.name: len(list(c.iterdir())) for c in (tmp_path / "one" / s).iterdir()}
-              for s in ("train", "valid", "test")}
-    assert counts == {"train": {"cat": 14, "dog": 7, "owl": 1}, "valid": {"cat": 4, "dog": 2, "owl": 1},
-                      "test": {"cat": 2, "dog": 1, "owl": 1}}
     assert _tree(tmp_path / "one") == _tree(tmp_path / "two")
     merged = {Path(k).parts[1] + "/" + Path(k).name: v for k, v in _tree(tmp_path / "one").items()}
     assert merged == _tree(src)  # every image exactly once, in its own class
+    assert {split for split in _splits_of(tmp_path / "one").values()} == {"train", "valid", "test"}
     sources.fetch(str(src), tmp_path / "three", dataclasses.replace(data, seed=4))
     assert _tree(tmp_path / "three") != _tree(tmp_path / "one")
+
+
+def test_adding_and_removing_photos_moves_no_other_photo(tmp_path: Path) -> None:
+    """The issue's case: 15 MONARCH photos, then 016-020 added: 006 and 012 must stay in test."""
+    src = tmp_path / "photos"
+    _images(src, {"MONARCH": 15, "ADONIS": 30})
+    data = DataParams(val_fraction=0.15, test_fraction=0.15)
+    sources.fetch(str(src), tmp_path / "before", data)
+    before = _splits_of(tmp_path / "before")
+    for i in range(15, 40):  # new photos, each different
+        Image.new("RGB", (6, 5), (1, i, 7)).save(src / "MONARCH" / f"{i:03d}.png")
+    (src / "ADONIS" / "004.png").unlink()
+    sources.fetch(str(src), tmp_path / "after", data)
+    after = _splits_of(tmp_path / "after")
+    assert len(after) == len(before) + 25 - 1
+    assert {k: after[k] for k in before if k in after} == {k: v for k, v in before.items() if k != "ADONIS/004.png"}
+    assert sum(v != "train" for v in before.values()) > 0
+
+
+# --- data.watch: the dvc.yaml dep that makes DVC see a local source's changes ---------------------
+
+@pytest.mark.parametrize("source", ["synthetic", "https://example.org/b.zip", "kaggle:owner/slug@3"])
+def test_sources_pinned_by_params_keep_the_default_watch(source: str) -> None:
+    sources.check_watch(DataParams(source=source))
+    with pytest.raises(VitpipeError) as err:
+        sources.check_watch(DataParams(source=source, watch="/data/photos"))
+    assert "data.watch" in str(err.value) and DEFAULT_WATCH in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_local_source_needs_its_own_path_as_watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photos = _images(tmp_path / "photos", {"cat": 2})
+    archive = _zip_dir(photos, tmp_path / "photos.zip")
+    monkeypatch.chdir(tmp_path)
+    sources.check_watch(DataParams(source=str(photos), watch=str(photos)))
+    sources.check_watch(DataParams(source="photos/", watch=str(photos)))  # relative and absolute agree
+    sources.check_watch(DataParams(source=str(archive), watch="photos.zip"))
+    for watch in (DEFAULT_WATCH, str(tmp_path), "photos.zip"):
+        with pytest.raises(VitpipeError) as err:
+            sources.check_watch(DataParams(source=str(photos), watch=watch))
+        assert f"-S data.watch={photos}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_watch_with_a_tilde_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _images(tmp_path / "photos", {"cat": 2})
+    expected = rf"DVC does not expand ~; write the full path, data.watch: {tmp_path}/photos"
+    with pytest.raises(VitpipeError, match=expected):
+        sources.check_watch(DataParams(source="~/photos", watch="~/photos"))
+    sources.check_watch(DataParams(source="~/photos", watch=str(tmp_path / "photos")))
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])
@@ -109,7 +160,8 @@ def test_real_butterflies_folder_is_copied(tmp_path: Path) -> None:
                 (small / split / cls.name / img.name).write_bytes(img.read_bytes())
     sources.fetch(str(small), tmp_path / "data", DataParams(test_fraction=0.25))
     assert len(_tree(tmp_path / "data" / "valid")) == 8
-    assert len(_tree(tmp_path / "data" / "test")) == 2 and len(_tree(tmp_path / "data" / "train")) == 6
+    test, train = len(_tree(tmp_path / "data" / "test")), len(_tree(tmp_path / "data" / "train"))
+    assert test + train == 8 and test > 0  # test carved per image (25% in expectation), train keeps the rest
 
 
 @pytest.mark.parametrize("source", ["ftp://example.org/d.zip", "no/such/dir", "kaggle:just-a-slug"])
@@ -445,6 +497,15 @@ def test_links_out_of_a_local_source_are_refused_and_nothing_is_copied(tmp_path:
     (src / "train" / "LINKED").symlink_to(tmp_path, target_is_directory=True)  # a class folder linking out
     (tmp_path / "x.png").write_bytes((src / "train" / "ADONIS" / "000.png").read_bytes())
     with pytest.raises(VitpipeError, match="outside the source folder"):
+        sources.fetch(str(src), tmp_path / "data", DataParams())
+
+
+def test_check_data_refuses_a_link_out_as_download_does(tmp_path: Path, capsys) -> None:
+    src = _images(tmp_path / "photos", {"a": 6, "b": 6})  # class folders only: carved, so hashed
+    (tmp_path / "passwd").write_text("root:x:0:0")
+    (src / "a" / "secret.jpg").symlink_to(tmp_path / "passwd")
+    assert cli.main(["check-data", str(src)]) == 2
+    with pytest.raises(VitpipeError, match=r"secret\.jpg: a link to .*passwd, outside the source folder"):
         sources.fetch(str(src), tmp_path / "data", DataParams())
 
 

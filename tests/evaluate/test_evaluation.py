@@ -12,6 +12,9 @@ from conftest import tiny_params
 
 from vitpipe.errors import VitpipeError
 from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation, score
+from vitpipe.evaluate.inference import load_predictor
+from vitpipe.model.features import Extractor, FeatureCache
+from vitpipe.model.transforms import build_eval_transform
 from vitpipe.params import EvaluateParams
 from vitpipe.train.training import TrainOutputs, run_training
 
@@ -90,3 +93,28 @@ def test_top5_column_is_unambiguous_whatever_the_class_names(tmp_path, tiny_inde
     for row in csv.DictReader(outputs.predictions.open()):
         top = json.loads(row["top5"])
         assert sorted(top) == sorted(names) and top[0] == row["predicted"]
+
+
+def test_evaluate_reads_view_0_test_features_from_the_train_stage_s_cache(tmp_path, tiny_index):
+    params = tiny_params(epochs=1)
+    train_out = TrainOutputs(tmp_path / "model.safetensors", tmp_path / "ckpt.pt", tmp_path / "train.json",
+                             tmp_path / "history.csv")
+    trained = FeatureCache(tmp_path / "cache")
+    run_training(params, tiny_index, train_out, cache=trained)
+    outputs = EvalOutputs(tmp_path / "test.json", tmp_path / "per_class.csv", tmp_path / "predictions.csv")
+    first = FeatureCache(tmp_path / "cache")
+    run_evaluation(params, tiny_index, train_out.model, outputs, cache=first)
+    n_test = len(tiny_index.samples("test"))
+    assert (first.computed, first.reused) == (n_test, 0)
+    written = outputs.predictions.read_bytes()
+    again = FeatureCache(tmp_path / "cache")  # e.g. the next `dvc exp run -S train.lr=...`
+    run_evaluation(params, tiny_index, train_out.model, outputs, cache=again)
+    assert (again.computed, again.reused) == (0, n_test) and outputs.predictions.read_bytes() == written
+    # The saved model's backbone keys the same entries as the train stage's: valid's view 0 is there.
+    valid = FeatureCache(tmp_path / "cache")
+    predictor = load_predictor(train_out.model, device="cpu", tta=False)
+    extractor = Extractor.for_backbone(predictor.model.backbone, predictor.device, predictor.card.precision,
+                                       num_workers=0)
+    valid.features(extractor, tiny_index.root, tiny_index.samples("valid"), view_seed=None, desc="valid view 0",
+                   transform=build_eval_transform(predictor.card.eval_transform))
+    assert valid.computed == 0

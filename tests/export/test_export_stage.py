@@ -38,12 +38,13 @@ def test_export_stage_runs_only_when_asked_and_scores_real_photos_like_pytorch(r
                                                                                     tmp_path):
     work, env = repo_copy
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["data"]["source"] = str(_subset(butterflies, tmp_path / "photos"))
+    params["data"]["source"] = params["data"]["watch"] = str(_subset(butterflies, tmp_path / "photos"))
     params["model"].update(name="test_vit", img_size=64, head_hidden=64)
     params["train"].update(epochs=3, num_workers=0)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    assert _stages_run(_run(["dvc", "repro"], work, env)) == ["download", "split-check", "train", "evaluate"]
+    assert _stages_run(_run(["dvc", "repro"], work, env)) == ["check-params", "download", "split-check", "train",
+                                                              "evaluate"]
     out = _run(["dvc", "repro", "export/dvc.yaml"], work, env)
     assert _stages_run(out) == ["export/dvc.yaml:export"]
     onnx_file = work / "models" / "onnx" / "model.onnx"

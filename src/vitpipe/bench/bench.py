@@ -135,17 +135,16 @@ def resolve_data(data: Path | None, params: DataParams, scratch: Path) -> tuple[
 
 
 class _TimedCache(FeatureCache):
-    """A feature cache that adds up the images it is asked for and the seconds it takes."""
+    """A feature cache that adds up the seconds its requests take (``computed`` counts the images)."""
 
     def __init__(self, root: Path):
         super().__init__(root)
-        self.images, self.seconds = 0, 0.0
+        self.seconds = 0.0
 
     def features(self, extractor: Extractor, root: Path, samples: Sequence[Sample], **kwargs: Any) -> torch.Tensor:
         start = time.perf_counter()
         out = super().features(extractor, root, samples, **kwargs)
         self.seconds += time.perf_counter() - start
-        self.images += len(samples)
         return out
 
 
@@ -172,7 +171,7 @@ def _run_vitpipe(params: Params, index: DatasetIndex, work: Path, *, label: str 
         start = time.perf_counter()
         train = run_training(params, index, outputs, cache=cache, started=start)
         seconds = time.perf_counter() - start
-    backbone_images, backbone_seconds = cache.images, cache.seconds
+    backbone_images, backbone_seconds = cache.computed, cache.seconds
     if not backbone_images:  # train.cache_views: 0, the image engine: every image, every epoch, as the loop
         backbone_images = params.train.epochs * (train["train_images"] + train["val_images"])
         backbone_seconds = seconds
@@ -200,7 +199,8 @@ def _warn_if_not_the_recipe(params: Params) -> None:
                        "its own augmentation), so the two sides train different recipes", ", ".join(changed))
 
 
-def _index(root: Path, data: DataParams) -> DatasetIndex:
+def checked_index(root: Path, data: DataParams) -> DatasetIndex:
+    """The split-check's index of ``root``; a refused dataset is a :class:`VitpipeError`."""
     result = check_dataset(root, data)
     if result.index is None:
         reasons, fixes = refusal_reasons(result)
@@ -223,7 +223,7 @@ def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = 
         views: run vitpipe once per ``train.cache_views`` value given (default: params.yaml's only).
         precisions: ... and per ``train.precision`` given (default: params.yaml's only).
     """
-    index = _index(Path(root), params.data)
+    index = checked_index(Path(root), params.data)
     counts = "/".join(str(len(index.samples(split))) for split in ("train", "valid", "test"))
     results = []
     if not skip_loop:
@@ -272,17 +272,24 @@ def table_header() -> list[str]:
     return ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
 
 
-def append_rows(path: Path, rows: list[str]) -> None:
-    """Appends ``rows`` to the table that ends ``path``, after a new table header where none ends it.
+def append_rows(path: Path, rows: list[str], *, header: list[str] | None = None, section: str = "") -> None:
+    """Appends ``rows`` to the table of ``path`` that starts with ``header`` (default: the method table's).
 
-    A missing file starts with :data:`HEADER`. The file is rewritten atomically.
+    Without such a table, one is started at the end of the file, after ``section`` (a heading and
+    its text). A missing file starts with :data:`HEADER`. The file is rewritten atomically.
     """
     path = Path(path)
+    header = header or table_header()
     text = (path.read_text(encoding="utf-8") if path.exists() else "") or HEADER
-    text = text.rstrip("\n") + "\n"
-    if not text.splitlines()[-1].startswith("|"):
-        text += "\n" + "\n".join(table_header()) + "\n"
-    write_text(path, text + "\n".join(rows) + "\n")
+    lines = text.rstrip("\n").splitlines()
+    if header[0] in lines:
+        end = lines.index(header[0]) + 2
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        lines[end:end] = rows
+    else:
+        lines += ["", *([section, ""] if section else []), *header, *rows]
+    write_text(path, "\n".join(lines) + "\n")
     logger.info("bench: appended %d rows to %s", len(rows), path)
 
 

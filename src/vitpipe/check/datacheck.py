@@ -1,7 +1,8 @@
 """The split-check: refuse a dataset that would train or score wrongly, before any training starts.
 
-:func:`check_dataset` walks ``root/{train,valid,test}/<class>/<files>``, reads, hashes and decodes
-every image (:mod:`vitpipe.check.imagescan`), maps folders to classes by ``data.class_aliases`` and
+:func:`check_dataset` walks ``root/{train,valid,test}/<class>/<files>`` (or any layout the download
+stage accepts, missing splits carved as it carves them), reads, hashes and decodes every image
+(:mod:`vitpipe.check.imagescan`), maps folders to classes by ``data.class_aliases`` and
 ``data.drop_classes`` (:mod:`vitpipe.check.classmap`), and checks the class sets, unreadable images,
 identical and near-duplicate images (:mod:`vitpipe.check.neardup`), class sizes and stray files. Its
 :class:`DatasetIndex` uses ONE class map, from train's classes, for every split.
@@ -60,6 +61,8 @@ class CheckResult:
     index: DatasetIndex | None
     report: dict[str, Any]
     fixes: dict[str, str] = field(default_factory=dict)  # check -> the fix for this dataset, where it differs
+    layout: str = ""  # the split root found and any splits carved, as in the download stage's log
+    relocated: bool = False  # paths are named as data/raw will hold them, not as they lie under root
 
 
 def _layout_findings(tree: DatasetTree) -> list[Finding]:
@@ -171,14 +174,14 @@ def check_dataset(root: Path, data: DataParams) -> CheckResult:
     """
     root = Path(root)
     if not root.is_dir():
-        raise VitpipeError(f"{root}: not a folder; pass the dataset root that holds train/, valid/ "
-                           f"and test/ (e.g. data/raw after `dvc repro download`).")
-    tree = list_tree(root)
+        raise VitpipeError(f"{root}: not a folder; pass a dataset folder (train/<class>/ with optional "
+                           f"valid/ and test/, or <class>/ folders), e.g. data/raw or your own photos.")
+    tree = list_tree(root, carve_with=data)
     rec = reconcile(tree.splits, data.class_aliases, data.drop_classes)  # dropped classes are never read
     label = {p: name for by_class in rec.splits.values() for name, images in by_class.items() for p in images}
     paths = sorted(label, key=lambda p: (SPLITS.index(p.split("/", 1)[0]), p))  # walk order: train, valid, test
     near = data.near_duplicate_distance >= 0
-    scans = {s.path: s for s in scan_files(root, paths, workers=data.workers, phash=near)}
+    scans = {s.path: s for s in scan_files(root, paths, workers=data.workers, files=tree.files, phash=near)}
     bad = [scans[p] for p in paths if not scans[p].ok]
     skip = data.bad_images == "skip"
     findings = _layout_findings(tree)
@@ -204,11 +207,14 @@ def check_dataset(root: Path, data: DataParams) -> CheckResult:
     index = None
     if report["accepted"]:
         ids = {name: i for i, name in enumerate(classes)}
+        where = {rel: path.relative_to(root).as_posix() for rel, path in tree.files.items()}
         index = DatasetIndex(root=root, classes=tuple(classes), splits={
-            split: tuple(sorted((Sample(s.path, ids[name], s.sha256) for name, group in usable[split].items()
+            split: tuple(sorted((Sample(where[s.path], ids[name], s.sha256) for name, group in usable[split].items()
                                  for s in group), key=lambda sample: sample.path))
             for split in SPLITS}, class_aliases=dict(data.class_aliases), dropped_classes=tuple(sorted(rec.dropped)))
+    relocated = any(path != root / rel for rel, path in tree.files.items())
     return CheckResult(root=root, accepted=report["accepted"], index=index, report=report, fixes=fixes,
+                       layout=tree.layout, relocated=relocated,
                        errors=[f.message for f in findings if f.level == "error"],
                        warnings=[f.message for f in findings if f.level == "warning"],
                        findings=tuple(findings))
@@ -217,8 +223,8 @@ def check_dataset(root: Path, data: DataParams) -> CheckResult:
 # Check id -> (singular, plural) of what its errors count, and the fix named in a refusal.
 _REFUSALS = {
     "splits": (("split problem", "split problems"),
-               "add the missing split and class folders, or fetch a train-only source with the download "
-               "stage, which carves valid/ and test/ off train (data.val_fraction, data.test_fraction)"),
+               "add a train/ folder of class folders, or point at a folder of class folders (valid/ and "
+               "test/ are carved off train when missing: data.val_fraction, data.test_fraction)"),
     "classes": (("class problem", "class problems"), "fix data.class_aliases or data.drop_classes as said"),
     "unreadable": (("unreadable image", "unreadable images"), "set data.bad_images: skip"),
     "duplicates": (("group of identical files", "groups of identical files"),
@@ -256,7 +262,9 @@ def _size_text(size: dict[str, int] | None, axis: str) -> str:
 def format_report(result: CheckResult) -> str:
     """The readable report ``vitpipe check-data`` prints: split table, findings by check, verdict."""
     report = result.report
-    lines = [f"Dataset check of {result.root}: {report['n_classes']} classes (from train/)", "",
+    lines = [f"Dataset check of {result.root}: {report['n_classes']} classes (from train/)",
+             f"Layout: {result.layout}" + ("; paths below are as data/raw will hold them" if result.relocated else ""),
+             "",
              f"{'split':<6} {'images':>7} {'classes':>7} {'imbalance':>9} {'width':>11} {'height':>11}"]
     for split, stats in report["splits"].items():
         ratio = "-" if stats["imbalance_ratio"] is None else f"{stats['imbalance_ratio']:.2f}"

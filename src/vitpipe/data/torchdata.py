@@ -37,8 +37,10 @@ def load_indexed(root: Path, sample: Sample) -> Image.Image:
 class ImageDataset(Dataset):
     """Images of one split, decoded with :func:`vitpipe.data.images.load_rgb` and transformed.
 
-    With ``seed``, image ``i`` is transformed under its own RNG seed derived from (seed, i), so a
-    random augmentation gives the same result whatever the worker count or batch order.
+    With ``seed``, each image is transformed under its own RNG seed derived from ``seed`` and its
+    content hash (:func:`sample_seed`), so a random augmentation gives the same result whatever the
+    worker count, the batch order or the other images in the list (the feature cache computes only
+    an image's missing views, in lists of any length).
     """
 
     def __init__(self, root: Path, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor],
@@ -56,5 +58,10 @@ class ImageDataset(Dataset):
         image = load_indexed(self.root, sample)
         if self.seed is None:
             return self.transform(image), sample.label
-        with forked_rng(derive_seed(self.seed, i)):
+        with forked_rng(sample_seed(self.seed, sample)):
             return self.transform(image), sample.label
+
+
+def sample_seed(seed: int, sample: Sample) -> int:
+    """The RNG seed of ``sample``'s augmentation: from ``seed`` and the first 64 bits of its content hash."""
+    return derive_seed(seed, int(sample.sha256[:16], 16))

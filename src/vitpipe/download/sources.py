@@ -2,7 +2,7 @@
 
 Accepted forms: ``synthetic``; a local directory; a local ``.zip``/``.tar``/``.tar.gz``/``.tgz``;
 an ``https://`` archive with ``data.sha256``; ``kaggle:OWNER/SLUG[@VERSION]``. Whatever arrives is
-searched for its split root (:mod:`vitpipe.download.layout`), missing splits are carved off train, and the
+searched for its split root (:mod:`vitpipe.data.layout`), missing splits are carved off train, and the
 result is swapped in for ``dest`` only when complete.
 """
 
@@ -14,11 +14,12 @@ import shutil
 import urllib.parse
 from pathlib import Path
 
+from vitpipe.data.layout import SplitRoot, find_split_root
 from vitpipe.download import archive, http_fetch
-from vitpipe.download.layout import SplitRoot, find_split_root, materialise
+from vitpipe.download.layout import materialise
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import DISK_ERRNOS, atomic_dir
-from vitpipe.params import DataParams
+from vitpipe.params import DEFAULT_WATCH, DataParams
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,36 @@ def kaggle_handle(source: str) -> str:
     return f"{owner}/{slug}" + (f"/versions/{version}" if version else "")
 
 
+def local_path(source: str) -> Path | None:
+    """The path a local folder or archive source names; None for synthetic, URLs and Kaggle."""
+    text = source.strip()
+    if text == "synthetic" or text.startswith("kaggle:") or "://" in text:
+        return None
+    return Path(text).expanduser()
+
+
+def check_watch(data: DataParams) -> None:
+    """Refuses a ``data.watch`` that would hide the source's changes from DVC.
+
+    dvc.yaml lists ``${data.watch}`` as a dep of the download stage, so DVC hashes it: it must be
+    a local source's own path. Other sources are pinned by params (``data.sha256``, ``@VERSION``,
+    ``data.synthetic``) and keep the default.
+    """
+    watch, local = data.watch.strip(), local_path(data.source)
+    if watch.startswith("~"):
+        raise VitpipeError(f"data.watch {watch!r}: DVC does not expand ~; write the full path, "
+                           f"data.watch: {Path(watch).expanduser()}.")
+    if local is None:
+        if watch != DEFAULT_WATCH:
+            raise VitpipeError(f"data.watch is {watch!r} but data.source {data.source!r} is not a local folder "
+                               f"or archive (params pin it); set data.watch back to {DEFAULT_WATCH}.")
+        return
+    if Path(watch).resolve() != local.resolve():
+        raise VitpipeError(f"data.source is the local {data.source!r} but data.watch is {watch!r}, so DVC would "
+                           f"not notice when its images change; set data.watch to the same path "
+                           f"(dvc exp run -S data.source={data.source} -S data.watch={local}).")
+
+
 def fetch(source: str, dest: Path, data: DataParams) -> None:
     """Materialises the dataset named by ``source`` at ``dest/{train,valid,test}/<class>/``.
 
@@ -49,7 +80,8 @@ def fetch(source: str, dest: Path, data: DataParams) -> None:
     Raises:
         VitpipeError: an unknown source form, an unreachable or corrupt source, or no split root.
     """
-    dest = _check_dest(Path(dest), _local_source(source))
+    local = local_path(source)
+    dest = _check_dest(Path(dest), local if local is not None and local.exists() else None)
     with atomic_dir(dest) as out:
         _materialise(source, out, data)
         (out / MARKER).write_text(_MARKER_TEXT, encoding="utf-8")
@@ -70,23 +102,15 @@ def _materialise(source: str, out: Path, data: DataParams) -> None:
     logger.info("%s: split root %s, %s", source, _shown(found.root, scratch), found.layout)
     if found.ignored:
         logger.info("%s: ignored beside the splits: %s", source, ", ".join(found.ignored))
-    carved = [s for s in ("valid", "test") if s not in found.splits]
+    carved = found.missing
     if carved:
-        logger.info("carving %s off train per class (data.val_fraction=%g, data.test_fraction=%g, "
-                    "data.seed=%d)", " and ".join(carved), data.val_fraction, data.test_fraction, data.seed)
+        logger.info("carving %s off train by a hash of each image (data.val_fraction=%g, "
+                    "data.test_fraction=%g, data.seed=%d)", " and ".join(carved), data.val_fraction,
+                    data.test_fraction, data.seed)
     counts = materialise(found, out, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
                          seed=data.seed, move=move)
     shutil.rmtree(scratch, ignore_errors=True)
     _log_counts(counts)
-
-
-def _local_source(source: str) -> Path | None:
-    """The local folder or archive ``source`` names, or None for any other kind of source."""
-    text = source.strip()
-    if text == "synthetic" or text.startswith("kaggle:") or "://" in text:
-        return None
-    path = Path(text).expanduser()
-    return path if path.exists() else None
 
 
 def _check_dest(dest: Path, source: Path | None) -> Path:

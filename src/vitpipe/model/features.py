@@ -3,39 +3,51 @@
 With the backbone frozen only the head learns, so the backbone's output for an image under a
 given transform never changes. The train stage computes it once per image and *view* (view 0:
 the eval transform; views 1..V-1: the training augmentation, each drawn with its own seed) and
-trains the head on the stored features. Entries are keyed by everything that determines them:
-the backbone's weights (hashed), the transform, the view and its seed, the precision, and the
-ordered list of image contents, so any change there computes new features instead of reusing
-stale ones.
+trains the head on the stored features; evaluate reads view 0 of the test images the same way.
+Each image is one entry, keyed by its content hash and everything else that determines its
+feature: the backbone's weights (hashed) and architecture, the transform, the view's seed, the
+precision, device type and batch size, and the library versions and vitpipe code that shape it
+(:func:`feature_environment`). So a grown dataset computes only its new images, and any other
+change computes new features instead of reusing stale ones. Entries live in one SQLite file
+(:mod:`vitpipe.model.featurestore`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import PIL
+import PIL.features
+import timm
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vitpipe.cachedir import ENV, cache_subdir, make_cache_dir
-from vitpipe.data.index import Sample, samples_digest
+from vitpipe.cachedir import cache_subdir
+from vitpipe.data.index import Sample
 from vitpipe.data.torchdata import ImageDataset
-from vitpipe.errors import VitpipeError
-from vitpipe.fileio import atomic_path, disk_error_text
+from vitpipe.model.featurestore import FeatureStore
 from vitpipe.runtime import autocast, derive_seed
 
 logger = logging.getLogger(__name__)
 
 STORAGE_DTYPE = torch.bfloat16  # features are stored (and fed to the head) rounded to bf16
+# vitpipe's modules whose code shapes a feature (decode, dataset and per-image seeds, transforms,
+# backbone creation and weight loading, the extraction itself, autocast and seeding): their source
+# is hashed into every cache key (see feature_environment).
+FEATURE_MODULES = ("vitpipe.data.images", "vitpipe.data.torchdata", "vitpipe.model.transforms",
+                   "vitpipe.model.weights", "vitpipe.model.features", "vitpipe.runtime")
 
 
 def extraction_batch_size(device: torch.device) -> int:
@@ -59,9 +71,35 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _code_digest(modules: Sequence[str]) -> str:
+    """SHA-256 over the source files of ``modules`` (dotted names), in order."""
+    digest = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"module {name} has no source file")
+        digest.update(name.encode() + b"\0" + Path(spec.origin).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def feature_environment() -> dict[str, str]:
+    """The library versions and the hash of vitpipe's modules that shape a feature: part of every key,
+    so a new decoder, transform library, model library or vitpipe change recomputes features instead
+    of serving ones a teammate with an empty cache would not get."""
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "pillow": PIL.__version__, "libjpeg": str(PIL.features.version("jpg")), "numpy": np.__version__,
+            "code": _code_digest(FEATURE_MODULES)}
+
+
 @dataclass(frozen=True)
 class Extractor:
-    """How features are computed: the frozen backbone, the device and the loader settings."""
+    """How features are computed: the frozen backbone, the device and the loader settings.
+
+    Every batch goes through the backbone padded to ``batch_size`` (the last image repeated), so an
+    image's feature never depends on how many others were computed with it: an incremental pass gives
+    the bytes a cold pass gives (some CPU kernels round differently for a smaller batch).
+    """
 
     backbone: nn.Module
     backbone_digest: str
@@ -78,66 +116,102 @@ class Extractor:
         return cls(backbone, weights_digest(backbone), device, precision,
                    batch_size=extraction_batch_size(device), num_workers=num_workers, channels_last=channels_last)
 
-    def __call__(self, root: Path, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor],
-                 *, seed: int | None, desc: str) -> torch.Tensor:
-        """Features of ``samples`` under ``transform``: (N, D) in :data:`STORAGE_DTYPE`, on the CPU."""
+    def batches(self, root: Path, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor],
+                *, seed: int | None, desc: str) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, features)`` per batch, in order: (B, D) in :data:`STORAGE_DTYPE`, on the CPU."""
         dataset = ImageDataset(root, samples, transform, seed=seed)
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        out = []
         self.backbone.eval()
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        start = 0
         with torch.inference_mode(), autocast(self.device, self.precision):
             for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+                n = images.shape[0]
+                if n < self.batch_size:
+                    images = torch.cat([images, images[-1:].expand(self.batch_size - n, -1, -1, -1)])
                 images = images.to(self.device, non_blocking=True, memory_format=memory_format)
-                out.append(self.backbone(images).to(STORAGE_DTYPE).cpu())  # (B, D)
+                yield start, self.backbone(images)[:n].to(STORAGE_DTYPE).cpu()  # (B, D)
+                start += n
+
+    def __call__(self, root: Path, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor],
+                 *, seed: int | None, desc: str) -> torch.Tensor:
+        """Features of ``samples`` under ``transform``: (N, D) in :data:`STORAGE_DTYPE`, on the CPU."""
+        out = [feats for _, feats in self.batches(root, samples, transform, seed=seed, desc=desc)]
         return torch.cat(out) if out else torch.empty(0, 0, dtype=STORAGE_DTYPE)
 
 
 class FeatureCache:
-    """Content-addressed ``<key>.safetensors`` files, each one (N, D) feature matrix."""
+    """Per-image feature entries in a :class:`~vitpipe.model.featurestore.FeatureStore` under ``root``.
+
+    ``computed`` and ``reused`` count the features this object computed and served from the store.
+    """
 
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
+        self.store = FeatureStore(self.root)
+        self.computed = 0
+        self.reused = 0
+
+    @staticmethod
+    def key_parts(extractor: Extractor, transform: Callable[[Any], torch.Tensor],
+                  view_seed: int | None) -> dict[str, Any]:
+        """Everything besides the image that determines a feature. The transform is identified by its
+        ``repr``, which torchvision and timm transforms spell out with every setting."""
+        backbone = extractor.backbone
+        return {"format": 2, "backbone": extractor.backbone_digest,
+                "architecture": hashlib.sha256(f"{type(backbone).__qualname__}\n{backbone!r}".encode()).hexdigest(),
+                "precision": extractor.precision, "device_type": extractor.device.type,
+                "channels_last": extractor.channels_last, "batch_size": extractor.batch_size,
+                "transform": repr(transform), "view_seed": view_seed, "environment": feature_environment()}
 
     def features(self, extractor: Extractor, root: Path, samples: Sequence[Sample], *,
                  transform: Callable[[Any], torch.Tensor], view_seed: int | None, desc: str) -> torch.Tensor:
-        """Cached features of ``samples`` (N, D); computed and stored on a miss.
+        """Features of ``samples`` (N, D): stored ones read, only the missing images computed and stored.
 
-        The transform is identified by its ``repr``, which torchvision and timm transforms spell
-        out with every setting, so a changed transform is a new entry.
+        Entries are keyed by :meth:`key_parts` and each image's content hash, so identical images
+        share one entry and a grown dataset computes only its new images.
         """
-        key_parts = {
-            "version": 1,
-            "backbone": extractor.backbone_digest,
-            "precision": extractor.precision,
-            "device_type": extractor.device.type,
-            "transform": repr(transform),
-            "view_seed": view_seed,
-            "images": samples_digest(samples),
-        }
-        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
-        path = self.root / f"{key}.safetensors"
-        if path.is_file():
-            try:
-                feats = load_file(str(path))["features"]
-                if feats.shape[0] == len(samples):
-                    logger.info("%s: %d features from the cache", desc, len(samples))
-                    return feats
-            except (SafetensorError, OSError, KeyError):
-                logger.warning("feature cache entry %s is unreadable; recomputing it", path)
-        feats = extractor(root, samples, transform, seed=view_seed, desc=desc)
-        logger.info("%s: computed %d features", desc, len(samples))
-        try:
-            make_cache_dir(self.root)
-            with atomic_path(path) as tmp:
-                save_file({"features": feats.contiguous()}, str(tmp),
-                          metadata={"key": json.dumps(key_parts, sort_keys=True)})
-        except (OSError, SafetensorError, VitpipeError) as exc:  # the cache is a speed-up: go on without it
-            reason = str(exc).split(". ")[0] if isinstance(exc, VitpipeError) else disk_error_text(exc, path)
-            logger.warning("feature cache: %s; features not cached, training goes on (free space there or set "
-                           "%s to a writable folder)", reason, ENV)
-        return feats
+        parts = self.key_parts(extractor, transform, view_seed)
+        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+        wanted = list(dict.fromkeys(s.sha256 for s in samples))
+        found = self.store.get(key, wanted)
+        first = {s.sha256: s for s in reversed(samples)}
+        todo = [first[h] for h in wanted if h not in found]
+        if todo:
+            with self.store.computing(key):  # another process computing them: wait, then read what it stored
+                found.update(self.store.get(key, [s.sha256 for s in todo]))
+                todo = [s for s in todo if s.sha256 not in found]
+                self._compute(extractor, root, todo, transform=transform, view_seed=view_seed, desc=desc,
+                              key=key, parts=parts, found=found)
+        self.computed += len(todo)
+        self.reused += len(wanted) - len(todo)
+        logger.info("%s: %d features, %d from the cache, %d computed", desc, len(samples),
+                    len(wanted) - len(todo), len(todo))
+        return _from_bytes([found[s.sha256] for s in samples])
+
+    def _compute(self, extractor: Extractor, root: Path, todo: Sequence[Sample], *,
+                 transform: Callable[[Any], torch.Tensor], view_seed: int | None, desc: str, key: str,
+                 parts: dict[str, Any], found: dict[str, bytes]) -> None:
+        """Computes the features of ``todo`` into ``found`` and the store, one transaction per batch."""
+        batches = extractor.batches(root, todo, transform, seed=view_seed, desc=desc) if todo else ()
+        with self.store.writer(key, parts=parts) as write:
+            for start, feats in batches:  # no loader (and no worker processes) when nothing is missing
+                done = [(s.sha256, _to_bytes(f)) for s, f in zip(todo[start:start + len(feats)], feats)]
+                write(done)  # an interrupted pass keeps what it computed
+                found.update(done)
+
+
+def _to_bytes(feature: torch.Tensor) -> bytes:
+    return feature.contiguous().view(torch.int16).numpy().tobytes()  # bf16 has no numpy dtype: its 2 bytes
+
+
+def _from_bytes(entries: list[bytes]) -> torch.Tensor:
+    """(N, D) :data:`STORAGE_DTYPE` from N entries of D values each."""
+    if not entries:
+        return torch.empty(0, 0, dtype=STORAGE_DTYPE)
+    flat = torch.frombuffer(bytearray(b"".join(entries)), dtype=STORAGE_DTYPE)
+    return flat.view(len(entries), -1)
 
 
 def view_seed(seed: int, view: int) -> int | None:

@@ -164,9 +164,11 @@ def check_freshness(root: Path) -> Freshness:
     """Do the committed results belong to the committed params and code? (no data needed)"""
     lock = read_lock(root)
     try:
-        status = json.loads(_dvc(root, "status", "--json") or "{}")
+        # dvc.yaml's stages only: they make the metrics; the optional export/dvc.yaml stage, when
+        # never run, would show as changed in every pull request.
+        status = json.loads(_dvc(root, "status", "dvc.yaml", "--json") or "{}")
     except json.JSONDecodeError:
-        raise VitpipeError(f"`dvc status --json` in {root} printed no JSON; is DVC 3 installed?") from None
+        raise VitpipeError(f"`dvc status dvc.yaml --json` in {root} printed no JSON; is DVC 3 installed?") from None
     stale = {name: reasons for name, entries in status.items() if (reasons := status_reasons(entries))}
     for name, reasons in upstream_mismatches(lock).items():
         stale.setdefault(name, []).extend(reasons)
