@@ -24,7 +24,8 @@ from vitpipe.params import DataParams
 logger = logging.getLogger(__name__)
 
 # Check id -> title, in report order.
-CHECKS = {"splits": "Split folders", "classes": "Class sets", "unreadable": "Unreadable images",
+CHECKS = {"splits": "Split folders", "n_classes": "Number of classes", "classes": "Class sets",
+          "unreadable": "Unreadable images",
           "duplicates": "Duplicate images", "class_sizes": "Class sizes", "stray": "Stray files (not used)"}
 LIST_CAP = 50  # longest list written to the report (metrics/data.json); counts stay exact
 LOG_CAP = 20  # warnings logged one by one by run_split_check
@@ -74,6 +75,9 @@ def _class_findings(tree: DatasetTree, usable: dict[str, dict[str, list[FileScan
     out: list[Finding] = []
     if not tree.splits.get("train"):
         return out  # reported as a split problem; every class would be "not in train/"
+    if len(classes) == 1:
+        out.append(Finding("n_classes", "error", f"train/: one class only ({classes[0]}); a classifier needs "
+                           f"two at least (its accuracy, F1 and top-5 would all be 1.0)."))
     for split, by_class in tree.splits.items():
         for name in sorted(set(by_class) - set(classes)):
             out.append(Finding("classes", "error", f"{split}/{name}: class not in train/ (its images "
@@ -190,6 +194,8 @@ _REFUSALS = {
     "splits": (("split problem", "split problems"),
                "add the missing split and class folders, or fetch a train-only source with the download "
                "stage, which carves valid/ and test/ off train (data.val_fraction, data.test_fraction)"),
+    "n_classes": (("dataset with one class", "datasets with one class"),
+                  "add a folder of another class's images to train/ (and to valid/ and test/)"),
     "classes": (("class folder that train/ lacks", "class folders that train/ lacks"),
                 "rename or remove those class folders, or add them to train/"),
     "unreadable": (("unreadable image", "unreadable images"), "set data.bad_images: skip"),
