@@ -163,6 +163,7 @@ def test_readme_parameter_tables_are_generated_from_the_fields_help():
         ("train:\n  min_lr: 0.00001\n", "train.min_lr", "train.scheduler: cosine"),
         ("train:\n  scheduler: cosine\n  step_size: 5\n", "train.step_size", "train.scheduler: step"),
         ("train:\n  scheduler: cosine\n  gamma: 0.5\n", "train.gamma", "train.scheduler: step"),
+        # the download stage checks the data keys against the source it fetches
         ("data:\n  sha256: " + "a" * 64 + "\n", "data.sha256", "an https:// data.source"),
         ("data:\n  source: /photos\n  synthetic:\n    classes: 3\n", "data.synthetic.classes", "data.source: synthetic"),
     ],
@@ -171,7 +172,8 @@ def test_a_key_set_where_it_is_not_used_is_refused_naming_what_to_change(text, k
     """Before: train.mixup with the default frozen backbone got a new params hash and the baseline's
     numbers; every key now takes effect or is refused."""
     with pytest.raises(VitpipeError) as err:
-        parse_params(yaml.safe_load(text))
+        params = parse_params(yaml.safe_load(text))
+        params.data.refuse_unused(params.data.source)
     message = str(err.value)
     assert "\n" not in message and f"{key} is set" in message and needs in message.split("it needs", 1)[1]
     assert f"set {key} back to" in message
@@ -189,4 +191,5 @@ def test_a_key_set_where_it_is_not_used_is_refused_naming_what_to_change(text, k
     "data:\n  sha256: " + "a" * 64 + "\n  source: https://example.org/b.zip\n",
 ])
 def test_the_same_keys_are_accepted_where_they_apply(text):
-    parse_params(yaml.safe_load(text))
+    params = parse_params(yaml.safe_load(text))
+    params.data.refuse_unused(params.data.source)

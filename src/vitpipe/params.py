@@ -134,7 +134,12 @@ class DataParams:
                 f"{PARAMS_FILE}: data.val_fraction + data.test_fraction must be < 1, got "
                 f"{self.val_fraction} + {self.test_fraction}; lower one of them."
             )
-        _refuse_inert(self, "data", _DATA_APPLIES)
+
+    def refuse_unused(self, source: str) -> None:
+        """Refuses a key set away from its default that fetching ``source`` would not use (``sha256``
+        without an https source, ``synthetic.*`` without the synthetic one). The download stage calls it
+        with the source it fetches (``vitpipe download SOURCE`` passes its own)."""
+        _refuse_inert(dataclasses.replace(self, source=source), "data", _DATA_APPLIES)
 
 
 @dataclass(frozen=True)

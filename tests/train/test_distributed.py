@@ -79,28 +79,33 @@ class _Recorder:
 def _rank_main(rank: int, folder: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{folder / 'rendezvous'}", rank=rank, world_size=2)
     try:
-        params = tiny_params(freeze="none").train
+        params = tiny_params(unfreeze_epoch=1).train  # epoch 0: the head alone; epoch 1: everything
         model, _ = build_model(tiny_params().model, 3, seed=0)
         source = _Recorder(rank)
         engine = ImageEngine(model, batches=source, params=params, device=torch.device("cpu"),
                              loss_fn=nn.CrossEntropyLoss(), val_loss_fn=nn.CrossEntropyLoss())
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        loss, accuracy = engine.train_epoch(0, optimizer, None)
-        result = [source.draws[0], loss, accuracy]
-        (folder / f"rank{rank}.json").write_text(json.dumps(result))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        sums = [engine.train_epoch(epoch, optimizer, None) for epoch in (0, 1)]
+        weights = {k: v.sum().item() for k, v in model.state_dict().items()}
+        (folder / f"rank{rank}.json").write_text(json.dumps([source.draws, sums, weights]))
     finally:
         dist.destroy_process_group()
 
 
-def test_each_rank_draws_its_own_numbers_and_the_history_sums_every_rank(tmp_path):
+def test_ranks_draw_their_own_numbers_sum_their_history_and_stay_in_step_after_unfreezing(tmp_path):
     """Before: every rank seeded (train.seed, epoch) alike (the same dropout, flips and mixup on every
-    shard) and the train loss and accuracy in the history were rank 0's alone."""
+    shard), the train loss and accuracy in the history were rank 0's alone, and DDP kept the parameters
+    it was built with (a wrapper built for the frozen epochs never averaged the backbone's gradients)."""
     mp.start_processes(_rank_main, args=(tmp_path,), nprocs=2, join=True, start_method="fork")
-    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    (draws0, loss0, acc0), (draws1, loss1, acc1) = results
-    assert all(a != b for a, b in zip(draws0, draws1)), (draws0, draws1)  # torch, numpy, random
-    assert (loss0, acc0) == (loss1, acc1)  # both report the sum over both shards, not their own share
+    (draws0, sums0, weights0), (draws1, sums1, weights1) = [
+        json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for epoch in (0, 1):
+        assert all(a != b for a, b in zip(draws0[epoch], draws1[epoch])), epoch  # torch, numpy, random
+    assert sums0 == sums1  # both report the sums over both shards, not their own share
+    backbone = [k for k in weights0 if k.startswith("backbone.")]
+    assert weights0 == weights1, [k for k in weights0 if weights0[k] != weights1[k]][:3]  # averaged gradients
+    assert backbone and all(isinstance(weights0[k], float) for k in backbone)
 
 
-def test_train_sums_add_up_over_ranks_and_stay_put_in_one_process():
+def test_train_sums_stay_put_in_one_process():
     assert Totals(loss=2.0, correct=1, count=4).summed() == Totals(loss=2.0, correct=1, count=4)

@@ -44,8 +44,10 @@ def fetch(source: str, dest: Path, data: DataParams) -> None:
     ``dest`` is replaced atomically: on any failure the previous ``dest`` is left untouched.
 
     Raises:
-        VitpipeError: an unknown source form, an unreachable or corrupt source, or no split root.
+        VitpipeError: an unknown source form, an unreachable or corrupt source, no split root, or a
+            ``data`` key set that this source does not use.
     """
+    data.refuse_unused(source)
     dest = Path(dest)
     with atomic_dir(dest) as out:
         if source.strip() == "synthetic":
