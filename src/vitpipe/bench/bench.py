@@ -64,8 +64,9 @@ pass's seconds. **speedup**: the loop's train s / this row's. **test acc**: over
 (correct/images); **test acc 95% CI**: its Wilson score interval (on 50 test images about +-0.13, so
 one run tells apart only large differences); **minus loop's (95% CI)**: this row's test accuracy minus
 the loop's, with Newcombe's interval for a difference of two proportions (an interval holding 0: no
-measurable difference, never "equal accuracy"); **best val**: the best epoch's. **peak RSS MiB**: this process's peak resident memory
-while training (VmHWM reset before each side; the second side starts from what the first left).
+measurable difference, never "equal accuracy"); **best val**: the best epoch's. **peak RSS MiB**:
+this process's peak resident memory while training (VmHWM reset before each side; the second side
+starts from what the first left).
 **peak anon MiB**: peak anonymous memory (heap, tensors) of the process and its DataLoader workers,
 pages shared by fork counted once (sum of Pss_Anon, sampled every second). Rows are appended, newest last.
 """
