@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from vitpipe.errors import VitpipeError
-from vitpipe.params import Params, load_params, parse_params
+from vitpipe.params import SPEED_ONLY, Params, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,10 +105,15 @@ def test_params_are_frozen():
 
 def test_training_hash_ignores_speed_settings_only():
     base = Params()
-    same = parse_params({"train": {"num_workers": 0, "compile": True}})
+    same = parse_params({"train": {"num_workers": 0, "val_batch_size": 7, "device": "cpu"},
+                         "evaluate": {"batch_size": 3}})
     other = parse_params({"train": {"lr": 5e-4}})
     assert base.training_hash() == same.training_hash()
     assert base.training_hash() != other.training_hash()
+    # compile and channels_last change float rounding (measured: torch.compile on a CPU), so they shape
+    tuned = parse_params({"train": {"freeze": "none", "compile": True, "channels_last": False}})
+    assert {"train.compile", "train.channels_last"} <= set(tuned.shaping())
+    assert not SPEED_ONLY & set(tuned.shaping())
 
 
 def _yaml_comments() -> dict[str, str]:
@@ -195,3 +200,49 @@ def test_cli_params_option_is_read_or_refused_never_replaced_by_defaults(tmp_pat
     assert main(["--params", str(path), "check-data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0]
+@pytest.mark.parametrize(
+    ("text", "key", "needs"),
+    [
+        # the default frozen backbone trains the head on cached features: no mixup, no augmentation
+        ("train:\n  mixup: 0.2\n", "train.mixup", "train.cache_views: 0"),
+        ("train:\n  cutmix: 1.0\n", "train.cutmix", "train.cache_views: 0"),
+        ("train:\n  augment: timm\n", "train.augment", "train.cache_views >= 2"),
+        ("train:\n  compile: true\n", "train.compile", "the image engine"),
+        ("train:\n  image_source: decoded\n", "train.image_source", "the image engine"),
+        ("train:\n  backbone_lr_scale: 0.1\n", "train.backbone_lr_scale", "a trained backbone"),
+        ("train:\n  layer_decay: 0.75\n", "train.layer_decay", "a trained backbone"),
+        ("train:\n  freeze: none\n  cache_views: 4\n", "train.cache_views", "a frozen backbone"),
+        ("train:\n  unfreeze_epoch: 2\n  cache_views: 0\n", "train.cache_views", "a frozen backbone"),
+        ("train:\n  min_lr: 0.00001\n", "train.min_lr", "train.scheduler: cosine"),
+        ("train:\n  scheduler: cosine\n  step_size: 5\n", "train.step_size", "train.scheduler: step"),
+        ("train:\n  scheduler: cosine\n  gamma: 0.5\n", "train.gamma", "train.scheduler: step"),
+        # the download stage checks the data keys against the source it fetches
+        ("data:\n  sha256: " + "a" * 64 + "\n", "data.sha256", "an https:// data.source"),
+        ("data:\n  source: /photos\n  synthetic:\n    classes: 3\n", "data.synthetic.classes", "data.source: synthetic"),
+    ],
+)
+def test_a_key_set_where_it_is_not_used_is_refused_naming_what_to_change(text, key, needs):
+    """Before: train.mixup with the default frozen backbone got a new params hash and the baseline's
+    numbers; every key now takes effect or is refused."""
+    with pytest.raises(VitpipeError) as err:
+        params = parse_params(yaml.safe_load(text))
+        params.data.refuse_unused(params.data.source)
+    message = str(err.value)
+    assert "\n" not in message and f"{key} is set" in message and needs in message.split("it needs", 1)[1]
+    assert f"set {key} back to" in message
+
+
+@pytest.mark.parametrize("text", [
+    "train:\n  mixup: 0.2\n  cache_views: 0\n",
+    "train:\n  cutmix: 1.0\n  freeze: none\n",
+    "train:\n  augment: timm\n  cache_views: 2\n",
+    "train:\n  compile: true\n  unfreeze_epoch: 1\n",
+    "train:\n  image_source: loader\n  cache_views: 0\n",
+    "train:\n  backbone_lr_scale: 0.1\n  unfreeze_epoch: 1\n",
+    "train:\n  min_lr: 0.00001\n  scheduler: cosine\n",
+    "train:\n  freeze: none\n  cache_views: 1\n",  # the default value is never refused
+    "data:\n  sha256: " + "a" * 64 + "\n  source: https://example.org/b.zip\n",
+])
+def test_the_same_keys_are_accepted_where_they_apply(text):
+    params = parse_params(yaml.safe_load(text))
+    params.data.refuse_unused(params.data.source)

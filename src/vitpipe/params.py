@@ -14,6 +14,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -40,6 +41,70 @@ def _p(default: Any, help: str, **limits: Any) -> Any:
 def help_of(cls: type, name: str) -> str:
     """The help text of field ``name`` of the params dataclass ``cls``."""
     return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+# Keys that change how fast or where the work runs, never a number on a given device: a checkpoint
+# resumes across them (the device itself is part of the resume key), and tests/test_honoured.py
+# shows the metrics byte-identical when each one changes.
+SPEED_ONLY = frozenset({"train.num_workers", "train.device", "train.val_batch_size", "data.workers",
+                        "evaluate.batch_size"})
+
+
+def _trained_backbone(t: TrainParams) -> bool:
+    return t.backbone_ever_trains
+
+
+def _image_engine(t: TrainParams) -> bool:
+    return not t.uses_feature_cache
+
+
+_TRAINED_BACKBONE = "a trained backbone: train.freeze: none or train.unfreeze_epoch"
+_IMAGE_ENGINE = ("the image engine: train.cache_views: 0 (the tutorial's loop), train.freeze: none or "
+                 "train.unfreeze_epoch (by default the head trains on cached backbone features)")
+
+# Where a key has an effect: key -> (test, what it needs). A key set away from its default where it
+# has none is refused with one line naming it and what to change: no setting is silently ignored.
+_TRAIN_APPLIES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "step_size": (lambda t: t.scheduler == "step", "train.scheduler: step"),
+    "gamma": (lambda t: t.scheduler == "step", "train.scheduler: step"),
+    "min_lr": (lambda t: t.scheduler == "cosine", "train.scheduler: cosine"),
+    "backbone_lr_scale": (_trained_backbone, _TRAINED_BACKBONE),
+    "layer_decay": (_trained_backbone, _TRAINED_BACKBONE),
+    "mixup": (_image_engine, _IMAGE_ENGINE),
+    "cutmix": (_image_engine, _IMAGE_ENGINE),
+    "compile": (_image_engine, _IMAGE_ENGINE),
+    "image_source": (_image_engine, _IMAGE_ENGINE),
+    "augment": (lambda t: not t.uses_feature_cache or t.cache_views > 1,
+                "augmented views: train.cache_views >= 2 (cache_views: 1 trains on the eval view alone), "
+                "or the image engine"),
+    "min_delta": (lambda t: t.patience is not None, "train.patience (early stopping is off)"),
+    "cache_views": (lambda t: not t.backbone_ever_trains,
+                    "a frozen backbone (train.freeze: backbone without train.unfreeze_epoch)"),
+}
+
+_DATA_APPLIES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "sha256": (lambda d: d.source.strip().startswith(("https://", "http://")), "an https:// data.source"),
+    "synthetic": (lambda d: d.source.strip() == "synthetic", "data.source: synthetic"),
+}
+
+
+def _refuse_inert(section: Any, name: str, applies: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """Refuses a key of ``section`` that is set away from its default where it is not used."""
+    for key, (test, needs) in applies.items():
+        for dotted, value, default in _changed(section, key, f"{name}.{key}"):
+            if not test(section):
+                raise VitpipeError(f"{PARAMS_FILE}: {dotted} is set ({value!r}) but is not used here: it needs "
+                                   f"{needs}. Set that, or set {dotted} back to {_yaml_value(default)}.")
+
+
+def _changed(section: Any, key: str, dotted: str) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value, default) of ``section.key`` (of each key inside it, for a nested section)
+    where it differs from the default."""
+    value = getattr(section, key)
+    default = next(f.default for f in dataclasses.fields(section) if f.name == key)
+    if dataclasses.is_dataclass(value):
+        return [c for f in dataclasses.fields(value) for c in _changed(value, f.name, f"{dotted}.{f.name}")]
+    return [(dotted, value, default)] if value != default else []
 
 
 @dataclass(frozen=True)
@@ -92,6 +157,12 @@ class DataParams:
                 _fail("data.drop_classes", f"names {name!r}, an alias of {self.class_aliases[name]!r} in "
                       f"data.class_aliases (drop the class it maps to, or remove the alias)", list(self.drop_classes))
 
+    def refuse_unused(self, source: str) -> None:
+        """Refuses a key set away from its default that fetching ``source`` would not use (``sha256``
+        without an https source, ``synthetic.*`` without the synthetic one). The download stage calls it
+        with the source it fetches (``vitpipe download SOURCE`` passes its own)."""
+        _refuse_inert(dataclasses.replace(self, source=source), "data", _DATA_APPLIES)
+
 
 @dataclass(frozen=True)
 class ModelParams:
@@ -143,7 +214,8 @@ class TrainParams:
     cache_views: int = _p(1, "frozen backbone: cached views per image (1: eval view only, no augmentation); "
                           "0: the tutorial's loop", ge=0, le=64)
     image_source: Literal["auto", "loader", "decoded"] = _p(
-        "auto", "image engine: loader | decoded (uint8 memmap, augmented on the device) | auto (decoded on CUDA)")
+        "auto", "image engine: loader | decoded (uint8 memmap, augmented on the device) | auto (decoded when "
+        "fine-tuning on CUDA)")
     num_workers: int = _p(2, "DataLoader workers", ge=0)
 
     def __post_init__(self) -> None:
@@ -160,11 +232,7 @@ class TrainParams:
         if self.class_weights != "none" and (self.mixup > 0 or self.cutmix > 0):
             _fail("train.class_weights", "cannot be combined with train.mixup or train.cutmix (mixed targets "
                   "have no single class to weight); set it to none or turn mixup/cutmix off", self.class_weights)
-        if self.min_delta > 0 and self.patience is None:
-            _fail("train.min_delta", "needs train.patience (early stopping is off)", self.min_delta)
-        if self.layer_decay is not None and not self.backbone_ever_trains:
-            _fail("train.layer_decay", "needs a trained backbone (train.freeze: none or train.unfreeze_epoch)",
-                  self.layer_decay)
+        _refuse_inert(self, "train", _TRAIN_APPLIES)
 
     def backbone_trains(self, epoch: int) -> bool:
         """Whether the backbone takes gradients in ``epoch`` (``freeze: none``, or from ``unfreeze_epoch`` on)."""
@@ -198,16 +266,20 @@ class Params:
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
 
+    def shaping(self) -> dict[str, Any]:
+        """The model and train params that shape the trained weights, as ``{"train.lr": 0.001, ...}``.
+
+        Everything but :data:`SPEED_ONLY`. The data enter a checkpoint's key by content instead
+        (:mod:`vitpipe.train.resume`), so a changed image counts, not a changed ``data.*`` string.
+        """
+        flat = {f"{section}.{k}": v for section in ("model", "train")
+                for k, v in dataclasses.asdict(getattr(self, section)).items()}
+        return {k: v for k, v in flat.items() if k not in SPEED_ONLY}
+
     def training_hash(self) -> str:
-        """Hash of everything that shapes the trained weights; a checkpoint resumes only on a match."""
-        shaping = {"data": dataclasses.asdict(self.data), "model": dataclasses.asdict(self.model),
-                   "train": {k: v for k, v in dataclasses.asdict(self.train).items()
-                             if k not in _NOT_SHAPING}}
+        """Hash of the data params and :meth:`shaping`: metrics/train.json's ``params_hash``."""
+        shaping = {"data": dataclasses.asdict(self.data), **self.shaping()}
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# Train settings that change speed or where work runs, never the result on a given device.
-_NOT_SHAPING = {"num_workers", "compile", "channels_last", "device", "image_source"}
 
 
 def _fail(key: str, what: str, value: Any) -> typing.NoReturn:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import hashlib
+import importlib.metadata
 import logging
 import os
 import random
@@ -87,26 +90,57 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def configure(device: torch.device) -> None:
-    """Deterministic algorithms on CPU; fast kernels (TF32, cuDNN autotune) on CUDA."""
+def configure(device: torch.device, precision: str) -> None:
+    """Deterministic algorithms on CPU. On CUDA, cuDNN autotune, and TF32 matmuls and convolutions
+    with ``precision: bf16`` only: ``fp32`` (the tutorial's) computes in true fp32, TF32 off."""
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.benchmark = True
+
+
+# The libraries whose code decides the numbers: a checkpoint (and a cached result) keys on their versions.
+SHAPING_LIBRARIES = ("torch", "torchvision", "timm", "numpy", "pillow", "safetensors")
+
+
+def library_versions() -> dict[str, str]:
+    """``{"torch": "2.14.1", ...}`` for :data:`SHAPING_LIBRARIES`, as installed."""
+    return {name: importlib.metadata.version(name) for name in SHAPING_LIBRARIES}
+
+
+def code_digest(*parts: str) -> str:
+    """SHA-256 over vitpipe's own code in ``parts`` (subpackages such as ``"train"`` or modules such as
+    ``"params.py"``), read as syntax trees: an edited comment or blank line does not count, any
+    change to what the code does (a docstring included) does."""
+    digest = hashlib.sha256()
+    for part in parts:
+        target = _PACKAGE / part
+        files = sorted(target.rglob("*.py")) if target.is_dir() else [target]
+        for path in files:
+            tree = ast.dump(ast.parse(path.read_bytes(), filename=str(path)))
+            digest.update(f"{path.relative_to(_PACKAGE).as_posix()}\0{tree}\n".encode())
+    return digest.hexdigest()
+
+
+_PACKAGE = Path(__file__).resolve().parent
 
 
 @contextlib.contextmanager
 def forked_rng(seed: int) -> Iterator[None]:
-    """Runs the block with torch's CPU RNG and Python's ``random`` (timm's transforms use both)
+    """Runs the block with torch's CPU RNG, Python's ``random`` and NumPy's (transforms use all three)
     seeded to ``seed``, and restores their outer state after."""
-    state = random.getstate()
+    state, np_state = random.getstate(), np.random.get_state()
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             random.seed(seed)
+            np.random.seed(seed % 2**32)
             yield
     finally:
         random.setstate(state)
+        np.random.set_state(np_state)

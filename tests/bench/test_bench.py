@@ -67,6 +67,10 @@ def test_bench_appends_both_methods(tiny_data: Path, tmp_path: Path) -> None:
             assert accuracy == pytest.approx(correct / total, abs=0.005)
         assert float(row["train s"]) >= 0 and float(row["recipe img/s"]) > 0
         assert float(row["peak RSS MiB"]) > 0
+        low, high = map(float, row["test acc 95% CI"].split("-"))
+        assert low <= _fraction(row["test acc"])[0] <= high
+    assert rows[0]["minus loop's (95% CI)"] == "-"
+    assert re.fullmatch(r"[+-]\d\.\d\d \([+-]\d\.\d\d to [+-]\d\.\d\d\)", rows[1]["minus loop's (95% CI)"])
     assert rows[0]["speedup"] == "1.00x"
     assert float(rows[1]["speedup"].rstrip("x")) > 0
     loop, vit = bench.results
@@ -185,3 +189,24 @@ def test_the_default_benchmark_data_is_the_shared_butterflies():
 
     from vitpipe.bench.bench import DEFAULT_DATA
     assert DEFAULT_DATA == BUTTERFLIES
+
+
+def test_accuracy_comes_with_its_interval_and_the_difference_with_its_own():
+    from vitpipe.bench.bench import difference_interval, wilson_interval
+
+    low, high = wilson_interval(20, 50)  # the README's 20/50
+    assert (round(low, 3), round(high, 3)) == (0.276, 0.538)
+    diff, low, high = difference_interval((20, 50), (20, 50))
+    assert diff == 0 and (round(low, 3), round(high, 3)) == (-0.186, 0.186)  # no difference is not "equal"
+    diff, low, high = difference_interval((18, 50), (20, 50))
+    assert round(diff, 2) == -0.04 and low < -0.2 < 0 < high
+    assert difference_interval((50, 50), (0, 50))[1] > 0.8  # a real difference shows
+
+
+def test_rows_of_other_columns_start_a_new_table(tmp_path: Path) -> None:
+    out = tmp_path / "B.md"
+    out.write_text("# Bench\n\n| date | method |\n|---|---|\n| then | loop |\n")
+    append_rows(out, ["| a | b |"])
+    lines = out.read_text().splitlines()
+    assert lines[:5] == ["# Bench", "", "| date | method |", "|---|---|", "| then | loop |"]
+    assert lines[5:] == [""] + table_header() + ["| a | b |"]

@@ -92,6 +92,21 @@ def test_valid_with_a_class_subset_gets_the_train_labels(tmp_path):
     assert result.report["missing_classes"] == {"test": ["ADONIS"], "valid": ["ADONIS", "MONARCH"]}
 
 
+def test_a_one_class_dataset_is_refused(tmp_path):
+    """A classifier needs two classes: with one, accuracy, macro-F1 and top-5 would all be 1.0."""
+    root = _dataset(tmp_path / "data", {"train": {"MONARCH": 3}, "valid": {"MONARCH": 1}, "test": {"MONARCH": 1}})
+    result = check_dataset(root, DATA)
+    assert not result.accepted and result.index is None
+    assert _messages(result, "n_classes", "error") == [
+        "train/: one class only (MONARCH); a classifier needs two at least (its accuracy, F1 and top-5 would "
+        "all be 1.0)."]
+    with pytest.raises(VitpipeError) as err:
+        run_split_check(root, DATA, index_path=tmp_path / "index.json", report_path=tmp_path / "data.json")
+    message = str(err.value)
+    assert "\n" not in message and "one class only" in message and "add a folder of another class" in message
+    assert not (tmp_path / "index.json").exists()
+
+
 def test_class_sets_that_differ_name_every_class(tmp_path):
     root = _dataset(tmp_path, {"train": {"A": 2, "B": 2, "C": 2}, "valid": {"A": 1, "B": 1, "X": 1},
                                "test": {"A": 1, "C": 1, "Y": 1, "Z": 1}})

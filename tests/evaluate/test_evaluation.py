@@ -35,13 +35,16 @@ def test_score_matches_a_hand_checked_toy_case():
     assert metrics["n_images"] == 6 and metrics["correct"] == 3 and metrics["accuracy"] == pytest.approx(0.5)
     assert metrics["top5_accuracy"] == pytest.approx(5 / 6)
     # per class (precision, recall): a (1/3, 1/2), b (1/2, 1), c (0, 0), d, e absent, f (1, 1/2)
-    # f1: a 0.4, b 2/3, c 0, d 0, e 0, f 2/3 -> macro over the 6 classes
-    assert metrics["macro_f1"] == pytest.approx((0.4 + 2 / 3 + 0 + 0 + 0 + 2 / 3) / 6)
+    # f1: a 0.4, b 2/3, c 0, f 2/3 -> macro over the 4 classes that have test images
+    assert metrics["macro_f1"] == pytest.approx((0.4 + 2 / 3 + 0 + 2 / 3) / 4)
+    assert metrics["absent_classes"] == ["d", "e"]
     expected_loss = -np.mean(np.log([0.50, 0.10, 0.70, 0.10, 0.01, 0.50]))
     assert metrics["loss"] == pytest.approx(expected_loss)
     a = metrics["per_class"]["a"]
     assert (a["precision"], a["recall"], a["support"], a["correct"]) == (pytest.approx(1 / 3), 0.5, 2, 1)
-    assert metrics["per_class"]["d"]["support"] == 0
+    d = metrics["per_class"]["d"]
+    assert (d["support"], d["correct"], d["accuracy"], d["precision"], d["recall"], d["f1"]) == (0, 0, None, None,
+                                                                                                None, None)
     assert sum(r["support"] for r in rows) == 6 and sum(r["correct"] for r in rows) == metrics["correct"]
 
 
@@ -118,3 +121,32 @@ def test_evaluate_reads_view_0_test_features_from_the_train_stage_s_cache(tmp_pa
     valid.features(extractor, tiny_index.root, tiny_index.samples("valid"), view_seed=None, desc="valid view 0",
                    transform=build_eval_transform(predictor.card.eval_transform))
     assert valid.computed == 0
+
+
+def test_a_class_without_test_images_is_absent_not_zero():
+    """A perfect classifier on the 2 classes that have test images: macro-F1 1.0, not 0.667."""
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
+    metrics, rows = score(probs, np.array([0, 1, 1]), ("a", "b", "c"))
+    assert metrics["macro_f1"] == 1.0 and metrics["accuracy"] == 1.0 and metrics["top5_accuracy"] == 1.0
+    assert metrics["absent_classes"] == ["c"]
+    assert rows[2] == {"class": "c", "accuracy": None, "precision": None, "recall": None, "f1": None,
+                       "correct": 0, "support": 0}
+
+
+def test_evaluate_reports_a_class_missing_from_test_as_absent(tmp_path, tiny_index, caplog):
+    params = tiny_params(epochs=1)
+    train_out = TrainOutputs(tmp_path / "model.safetensors", tmp_path / "ckpt.pt", tmp_path / "train.json",
+                             tmp_path / "history.csv")
+    run_training(params, tiny_index, train_out)
+    gone = tiny_index.classes[1]
+    test = tuple(s for s in tiny_index.samples("test") if s.label != 1)
+    index = dataclasses.replace(tiny_index, splits={**tiny_index.splits, "test": test})
+    outputs = EvalOutputs(tmp_path / "test.json", tmp_path / "per_class.csv", tmp_path / "predictions.csv")
+    metrics = run_evaluation(params, index, train_out.model, outputs)
+    assert "1 class(es) have no test image" in caplog.text and gone in caplog.text
+    saved = json.loads(outputs.metrics.read_text())
+    assert saved["absent_classes"] == [gone] and saved["n_images"] == len(test) == metrics["n_images"]
+    assert saved["per_class"][gone] == {"accuracy": None, "precision": None, "recall": None, "f1": None,
+                                        "correct": 0, "support": 0}
+    row = next(r for r in csv.DictReader(outputs.per_class.open()) if r["class"] == gone)
+    assert (row["accuracy"], row["precision"], row["recall"], row["f1"], row["support"]) == ("", "", "", "", "0")

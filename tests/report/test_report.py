@@ -169,3 +169,30 @@ def test_table_helpers():
     assert pairs[["actual", "predicted", "count"]].values.tolist() == [["a", "b", 2], ["b", "a", 1]]
     assert pairs["share"].tolist() == pytest.approx([2 / 3, 1.0])
     assert md_table(["x"], [["a|b"]]).splitlines()[-1] == "| a\\|b |"
+
+
+def test_a_class_without_test_images_renders_as_absent(tmp_path):
+    """evaluate writes empty cells for a class with no test image: the report and plots take them."""
+    from vitpipe.report import plots
+    from vitpipe.report.report import _class_sections, _parse_csv
+
+    text = ("class,accuracy,precision,recall,f1,correct,support\n"
+            "MONARCH,1.0,1.0,1.0,1.0,2,2\nPAPER KITE,,,,,0,0\nRED ADMIRAL,0.5,1.0,0.5,0.667,1,2\n")
+    now = _parse_csv(text, "per_class.csv", "per_class")
+    assert now["accuracy"].isna().tolist() == [False, True, False]
+    base = _parse_csv(text.replace("PAPER KITE,,,,,0,0", "PAPER KITE,0.5,1.0,0.5,0.667,1,2"),
+                      "base/per_class.csv", "per_class")
+    predictions = pd.DataFrame({"actual": ["MONARCH", "MONARCH", "RED ADMIRAL", "RED ADMIRAL"],
+                                "predicted": ["MONARCH", "MONARCH", "RED ADMIRAL", "PAPER KITE"]})
+    changed = accuracy_changes(now, base, top=5)
+    assert list(changed["class"]) == ["PAPER KITE"]  # scored at the base, absent now
+    assert list(accuracy_changes(now, now, top=5)["class"]) == []  # absent on both sides: unchanged
+    sections = "\n".join(_class_sections(now, base, predictions, None, base_name="main", top=5))
+    worst = sections.split("## Worst classes")[1].split("##")[0]
+    assert "PAPER KITE" not in worst and "RED ADMIRAL" in worst
+    assert "| PAPER KITE | 0.500 | — | — |" in sections
+    png = plots.per_class_accuracy(now, tmp_path / "per_class.png", base=base)
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    history = pd.DataFrame({"epoch": [0, 1], "train_loss_smoothed": [2.0, 1.5], "val_loss_smoothed": [2.1, 1.8],
+                            "val_cross_entropy": [2.0, 1.7], "train_accuracy": [0.3, 0.5], "val_accuracy": [0.3, 0.4]})
+    assert plots.training_curves(history, tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)

@@ -80,7 +80,7 @@ def _first_train_loss(tmp_path: Path, index: DatasetIndex, **train: object) -> t
     metrics = run_training(tiny_params(epochs=1, **train), index, out)
     rows = list(csv.DictReader(out.history.open()))
     assert json.loads(out.metrics.read_text())["class_weights"] == metrics["class_weights"]
-    return float(rows[0]["train_loss"]), metrics
+    return float(rows[0]["train_loss_smoothed"]), metrics
 
 
 @pytest.mark.parametrize(("engine", "train"), [("feature-cache", {}), ("images", {"freeze": "none"})])

@@ -78,7 +78,7 @@ def test_a_resumed_run_stops_at_the_same_epoch_as_an_uninterrupted_one(tmp_path,
 
 
 def test_min_delta_without_patience_is_refused():
-    with pytest.raises(VitpipeError, match=r"train.min_delta needs train.patience"):
+    with pytest.raises(VitpipeError, match=r"train.min_delta is set .* it needs train.patience"):
         parse_params({"train": {"min_delta": 0.01}})
     with pytest.raises(VitpipeError, match=r"train.patience must be >= 1"):
         parse_params({"train": {"patience": 0}})

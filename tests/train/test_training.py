@@ -296,7 +296,7 @@ def test_a_checkpoint_of_other_params_is_not_resumed(tmp_path, tiny_index, caplo
     assert "finished run; training again from scratch" in caplog.text
     assert (tmp_path / "history.csv").read_text() == first
     run_training(tiny_params(lr=5e-4), tiny_index, _outputs(tmp_path))  # `dvc exp run -S train.lr=5e-4`
-    assert "made with other params; starting fresh" in caplog.text
+    assert "made by another run (changed: train.lr 0.001 -> 0.0005); starting fresh" in caplog.text
     assert (tmp_path / "history.csv").read_text() != first
 
 

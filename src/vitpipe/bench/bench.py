@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy.stats import binomtest
 
 from vitpipe.bench.memory import PeakMemory, release_free_memory
 from vitpipe.bench.tutorial import TUTORIAL_WORKERS, evaluate_tutorial, train_tutorial
@@ -39,7 +41,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]  # src/vitpipe/bench/bench.py
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "butterflies-10"
 LOOP, VITPIPE = "tutorial loop", "vitpipe"
 COLUMNS = ("date", "device", "data (train/valid/test)", "method", "epochs", "train s", "recipe img/s",
-           "backbone img/s", "speedup", "test acc", "best val", "peak RSS MiB", "peak anon MiB")
+           "backbone img/s", "speedup", "test acc", "test acc 95% CI", "minus loop's (95% CI)", "best val",
+           "peak RSS MiB", "peak anon MiB")
 HEADER = f"""# Benchmarks
 
 `make bench` (`vitpipe bench`) trains the recipe in `params.yaml` (the tutorial's: frozen backbone,
@@ -50,14 +53,20 @@ MLP head, label smoothing, Adam, StepLR) twice, in one process, on the same data
   backbone in every epoch;
 - **{VITPIPE}**: vitpipe's train stage (`run_training`) with an EMPTY feature cache, so its time
   includes the one backbone pass per image and view (`train.cache_views`, `train.precision`).
+  With `train.cache_views: 1` (the default) the head trains on the eval view alone: NO augmentation,
+  where the loop draws fresh flips and erasing every epoch; the two sides do not train the same recipe.
 
 Columns: **train s**: wall seconds of training only (model and loaders built, every epoch with its
 validation pass, best weights kept; vitpipe also writes its model and metrics), not the test pass.
 **recipe img/s**: epochs x train images / train s. **backbone img/s**: images through the backbone per
 second: the loop, epochs x (train + valid) / train s; vitpipe, the images of its feature pass / that
 pass's seconds. **speedup**: the loop's train s / this row's. **test acc**: over EVERY test image, with
-(correct/images); **best val**: the best epoch's. **peak RSS MiB**: this process's peak resident memory
-while training (VmHWM reset before each side; the second side starts from what the first left).
+(correct/images); **test acc 95% CI**: its Wilson score interval (on 50 test images about +-0.13, so
+one run tells apart only large differences); **minus loop's (95% CI)**: this row's test accuracy minus
+the loop's, with Newcombe's interval for a difference of two proportions (an interval holding 0: no
+measurable difference, never "equal accuracy"); **best val**: the best epoch's. **peak RSS MiB**:
+this process's peak resident memory while training (VmHWM reset before each side; the second side
+starts from what the first left).
 **peak anon MiB**: peak anonymous memory (heap, tensors) of the process and its DataLoader workers,
 pages shared by fork counted once (sum of Pss_Anon, sampled every second). Rows are appended, newest last.
 """
@@ -250,6 +259,32 @@ def _fraction(correct: int, total: int) -> str:
     return f"{correct / total:.2f} ({correct}/{total})" if total else "-"
 
 
+def wilson_interval(correct: int, total: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of the proportion ``correct / total`` (scipy)."""
+    ci = binomtest(correct, total).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def difference_interval(a: tuple[int, int], b: tuple[int, int]) -> tuple[float, float, float]:
+    """``a``'s proportion minus ``b``'s (each ``(correct, total)``) with Newcombe's 95% interval
+    (method 10: from the two Wilson intervals; conservative when both score the same images)."""
+    (pa, (la, ua)), (pb, (lb, ub)) = ((k / n, wilson_interval(k, n)) for k, n in (a, b))
+    diff = pa - pb
+    return diff, diff - math.hypot(pa - la, ub - pb), diff + math.hypot(ua - pa, pb - lb)
+
+
+def _interval(correct: int, total: int) -> str:
+    return "{:.2f}-{:.2f}".format(*wilson_interval(correct, total)) if total else "-"
+
+
+def _versus_loop(bench: BenchResult, r: MethodResult) -> str:
+    loop = next((x for x in bench.results if x.method == LOOP), None)
+    if loop is None or r is loop or not r.test_images or not loop.test_images:
+        return "-"
+    diff, low, high = difference_interval((r.test_correct, r.test_images), (loop.test_correct, loop.test_images))
+    return f"{diff:+.2f} ({low:+.2f} to {high:+.2f})"
+
+
 def _mib(value: float) -> str:
     return f"{value:.0f}" if value > 0 else "-"  # 0: no /proc to read
 
@@ -261,7 +296,8 @@ def table_rows(bench: BenchResult) -> list[str]:
         speedup = bench.speedup(r)
         cells = (bench.date, bench.device, bench.data, r.method, str(r.epochs), f"{r.seconds:.1f}",
                  f"{r.recipe_rate:.1f}", f"{r.backbone_rate:.1f}", "-" if speedup is None else f"{speedup:.2f}x",
-                 _fraction(r.test_correct, r.test_images), _fraction(r.val_correct, r.val_images),
+                 _fraction(r.test_correct, r.test_images), _interval(r.test_correct, r.test_images),
+                 _versus_loop(bench, r), _fraction(r.val_correct, r.val_images),
                  _mib(r.peak_rss_mib), _mib(r.peak_anon_mib))
         rows.append("| " + " | ".join(cells) + " |")
     return rows

@@ -91,7 +91,7 @@ def run_cache_bench(params: Params, root: Path, *, out: Path, work: Path, data_n
         raise VitpipeError(f"--added {added}: must be between 1 and {len(samples) - 1}, the train images of {root} "
                            f"less one.")
     device = resolve_device(params.train.device)
-    configure(device)
+    configure(device, params.train.precision)
     model, info = build_model(params.model, len(index.classes), seed=params.train.seed)
     eval_tf = build_eval_transform(eval_spec(params.train.augment, info))
     extractor = Extractor.for_backbone(model.backbone.to(device), device, params.train.precision,

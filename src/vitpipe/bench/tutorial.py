@@ -151,13 +151,14 @@ def train_tutorial(params: Params, root: Path, *, workers: int = TUTORIAL_WORKER
             if phase == "train":
                 recipe.scheduler.step(epoch + 1)
             name = "val" if phase == "valid" else phase  # the train stage's history columns
-            row[f"{name}_loss"], row[f"{name}_accuracy"] = loss / run.sizes[phase], correct / run.sizes[phase]
+            row[f"{name}_loss_smoothed"] = loss / run.sizes[phase]  # the criterion: label-smoothed
+            row[f"{name}_accuracy"] = correct / run.sizes[phase]
             if phase == "valid" and row["val_accuracy"] > run.best_accuracy:
                 run.best_accuracy, run.best_correct, run.best_epoch = row["val_accuracy"], correct, epoch
                 best_wts = copy.deepcopy(run.model.state_dict())
         run.history.append(row)
         logger.info("tutorial loop epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f", epoch,
-                    row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"])
+                    row["train_loss_smoothed"], row["train_accuracy"], row["val_loss_smoothed"], row["val_accuracy"])
     run.model.load_state_dict(best_wts)
     return run
 

@@ -28,9 +28,9 @@ from vitpipe.params import DataParams
 logger = logging.getLogger(__name__)
 
 # Check id -> title, in report order.
-CHECKS = {"splits": "Split folders", "classes": "Class sets", "unreadable": "Unreadable images",
-          "duplicates": "Duplicate images", "near_duplicates": "Near-duplicate images", "class_sizes": "Class sizes",
-          "stray": "Stray files (not used)"}
+CHECKS = {"splits": "Split folders", "n_classes": "Number of classes", "classes": "Class sets",
+          "unreadable": "Unreadable images", "duplicates": "Duplicate images",
+          "near_duplicates": "Near-duplicate images", "class_sizes": "Class sizes", "stray": "Stray files (not used)"}
 LIST_CAP = 50  # longest list written to the report (metrics/data.json); counts stay exact
 LOG_CAP = 20  # warnings logged one by one by run_split_check
 
@@ -82,6 +82,9 @@ def _class_findings(rec: Reconciled, usable: dict[str, dict[str, list[FileScan]]
     out = [Finding("classes", "error", message) for message in rec.errors]
     if not rec.splits.get("train"):
         return out  # reported as a split problem; every class would be "not in train/"
+    if len(classes) == 1:
+        out.append(Finding("n_classes", "error", f"train/: one class only ({classes[0]}); a classifier needs "
+                           f"two at least (its accuracy, F1 and top-5 would all be 1.0)."))
     for split, by_class in rec.splits.items():
         for name in sorted(set(by_class) - set(classes)):
             out.append(Finding("classes", "error", f"{rec.shown(split, name)}: class not in train/ (its "
@@ -225,6 +228,8 @@ _REFUSALS = {
     "splits": (("split problem", "split problems"),
                "add a train/ folder of class folders, or point at a folder of class folders (valid/ and "
                "test/ are carved off train when missing: data.val_fraction, data.test_fraction)"),
+    "n_classes": (("dataset with one class", "datasets with one class"),
+                  "add a folder of another class's images to train/ (and to valid/ and test/)"),
     "classes": (("class problem", "class problems"), "fix data.class_aliases or data.drop_classes as said"),
     "unreadable": (("unreadable image", "unreadable images"), "set data.bad_images: skip"),
     "duplicates": (("group of identical files", "groups of identical files"),

@@ -53,6 +53,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def with_seed(self, seed: int | None) -> ImageDataset:
+        """The same images and transform, each image seeded from (``seed``, its index)."""
+        return ImageDataset(self.root, self.samples, self.transform, seed=seed)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[i]
         image = load_indexed(self.root, sample)

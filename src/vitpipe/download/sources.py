@@ -78,8 +78,10 @@ def fetch(source: str, dest: Path, data: DataParams) -> None:
     ``dest`` is replaced atomically: on any failure the previous ``dest`` is left untouched.
 
     Raises:
-        VitpipeError: an unknown source form, an unreachable or corrupt source, or no split root.
+        VitpipeError: an unknown source form, an unreachable or corrupt source, no split root, or a
+            ``data`` key set that this source does not use.
     """
+    data.refuse_unused(source)
     local = local_path(source)
     dest = _check_dest(Path(dest), local if local is not None and local.exists() else None)
     with atomic_dir(dest) as out:

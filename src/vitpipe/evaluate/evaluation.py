@@ -64,11 +64,17 @@ def _probabilities(params: Params, index: DatasetIndex, predictor: Predictor, ca
 
 
 def score(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> tuple[dict[str, Any], list[dict]]:
-    """Overall and per-class metrics from (N, C) probabilities and (N,) labels (scikit-learn)."""
+    """Overall and per-class metrics from (N, C) probabilities and (N,) labels (scikit-learn).
+
+    A class with no test image is *absent*: its accuracy, precision, recall and F1 are None (null in
+    JSON, empty in CSV), it is left out of ``macro_f1`` and listed in ``absent_classes``. Accuracy,
+    top-5 and the loss are over every test image.
+    """
     n, n_classes = probs.shape
     pred = probs.argmax(1)
     ids = np.arange(n_classes)
     precision, recall, f1, support = precision_recall_fscore_support(labels, pred, labels=ids, zero_division=0)
+    present = ids[support > 0]
     correct = np.bincount(labels[pred == labels], minlength=n_classes)
     metrics = {
         "accuracy": float((pred == labels).mean()),
@@ -78,13 +84,16 @@ def score(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> tu
         # With TOP_K or fewer classes the true class is always among the top TOP_K.
         f"top{TOP_K}_accuracy": float(top_k_accuracy_score(labels, probs, k=TOP_K, labels=ids))
         if n_classes > TOP_K else 1.0,
-        "macro_f1": float(f1_score(labels, pred, labels=ids, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(labels, pred, labels=present, average="macro", zero_division=0)),
+        "absent_classes": [classes[c] for c in ids if not support[c]],
         "per_class": {},
     }
     rows = []
     for c, name in enumerate(classes):
-        row = {"class": name, "accuracy": float(recall[c]) if support[c] else 0.0, "precision": float(precision[c]),
-               "recall": float(recall[c]), "f1": float(f1[c]), "correct": int(correct[c]), "support": int(support[c])}
+        scored = bool(support[c])
+        row = {"class": name, "accuracy": float(recall[c]) if scored else None,
+               "precision": float(precision[c]) if scored else None, "recall": float(recall[c]) if scored else None,
+               "f1": float(f1[c]) if scored else None, "correct": int(correct[c]), "support": int(support[c])}
         rows.append(row)
         metrics["per_class"][name] = {k_: v for k_, v in row.items() if k_ != "class"}
     return metrics, rows
@@ -106,6 +115,10 @@ def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, output
         raise VitpipeError(f"scored {probs.shape[0]} test images but the index lists {len(samples)}.")
     labels = np.array([s.label for s in samples])
     metrics, rows = score(probs, labels, index.classes)
+    if metrics["absent_classes"]:
+        logger.warning("%d class(es) have no test image and are left out of the per-class and macro scores "
+                       "(null in %s): %s", len(metrics["absent_classes"]), outputs.metrics.name,
+                       ", ".join(metrics["absent_classes"]))
     metrics["tta"] = params.evaluate.tta
     write_json(outputs.metrics, metrics)
     write_csv(outputs.per_class, rows, columns=PER_CLASS_COLUMNS)

@@ -18,8 +18,8 @@ logger = logging.getLogger(__name__)
 def load_predictor(model_path: Path, *, device: str, tta: bool) -> Predictor:
     """The saved model on ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``), set up as evaluate and predict use it."""
     resolved = resolve_device(device)
-    configure(resolved)
     model, card = load_model(model_path, device=resolved)
+    configure(resolved, card.precision)  # scored as it was validated: no TF32 for an fp32 model
     logger.info("model %s: %s, %d classes, on %s", model_path, card.model.name, len(card.classes), resolved)
     return Predictor(model, card, resolved, tta=tta)
 

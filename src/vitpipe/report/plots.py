@@ -56,15 +56,24 @@ def confusion_matrix(predictions: pd.DataFrame, classes: Sequence[str], path: Pa
     return _save(fig, path)
 
 
+# (column of metrics/train_history.csv, legend, line style) per panel; older histories named the
+# smoothed losses train_loss and val_loss.
+_CURVES = {
+    "loss": (("train_loss_smoothed", "train (label-smoothed)", "-"), ("train_loss", "train", "-"),
+             ("val_loss_smoothed", "val (label-smoothed)", "--"), ("val_loss", "val", "--"),
+             ("val_cross_entropy", "val cross-entropy (as test.json's loss)", ":")),
+    "accuracy": (("train_accuracy", "train", "-"), ("val_accuracy", "val", "--")),
+}
+
+
 def training_curves(history: pd.DataFrame, path: Path) -> Path:
     """Loss and accuracy per epoch, train and validation, from ``metrics/train_history.csv``."""
     fig = Figure(figsize=(10, 4), layout="constrained")
-    for k, metric in enumerate(("loss", "accuracy")):
+    for k, (metric, curves) in enumerate(_CURVES.items()):
         ax = fig.add_subplot(1, 2, k + 1)
-        for split, style in (("train", "-"), ("val", "--")):
-            column = f"{split}_{metric}"
+        for column, label, style in curves:
             if column in history:
-                ax.plot(history["epoch"], history[column], style, marker="o", markersize=3, label=split)
+                ax.plot(history["epoch"], history[column], style, marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
@@ -73,8 +82,12 @@ def training_curves(history: pd.DataFrame, path: Path) -> Path:
 
 
 def per_class_accuracy(per_class: pd.DataFrame, path: Path, *, base: pd.DataFrame | None = None) -> Path:
-    """Horizontal bars of test accuracy per class, best at the top; ``base`` accuracies as black ticks."""
-    rows = per_class.sort_values(["accuracy", "class"], ascending=[True, False])
+    """Horizontal bars of test accuracy per class, best at the top; ``base`` accuracies as black ticks.
+
+    A class with no test image (no accuracy) has no bar; the title counts them.
+    """
+    rows = per_class[per_class["accuracy"].notna()].sort_values(["accuracy", "class"], ascending=[True, False])
+    absent = len(per_class) - len(rows)
     n = len(rows)
     fig = Figure(figsize=(8, min(2.0 + 0.3 * n, 40.0)), layout="constrained")
     ax = fig.add_subplot()
@@ -88,7 +101,7 @@ def per_class_accuracy(per_class: pd.DataFrame, path: Path, *, base: pd.DataFram
     ax.set_yticks(y, rows["class"], fontsize=8 if n <= 40 else 5)
     ax.set_xlim(0, 1)
     ax.set_xlabel("test accuracy (recall)")
-    ax.set_title("Per-class test accuracy")
+    ax.set_title("Per-class test accuracy" + (f" ({absent} class(es) with no test image not shown)" if absent else ""))
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 

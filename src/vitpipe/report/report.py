@@ -41,6 +41,7 @@ class MetricFiles:
 
 _COLUMNS = {"per_class": ("class", "accuracy", "precision", "recall", "f1", "support"),
             "predictions": ("path", "actual", "predicted", "confidence"), "history": ("epoch",)}
+_NUMERIC = {"per_class": ("accuracy", "precision", "recall", "f1", "correct", "support")}
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -97,6 +98,9 @@ def _parse_csv(text: str, source: str, kind: str) -> pd.DataFrame:
     missing = [c for c in _COLUMNS[kind] if c not in frame.columns]
     if missing:
         raise VitpipeError(f"{source}: no column(s) {missing}; it was not written by vitpipe; rerun `dvc repro`.")
+    for column in _NUMERIC.get(kind, ()):
+        if column in frame:  # an empty cell (a class with no test image) is NaN, shown as a dash
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
 
@@ -134,7 +138,9 @@ def accuracy_changes(current: pd.DataFrame, base: pd.DataFrame, top: int) -> pd.
     merged = pd.merge(base[["class", "accuracy"]], current[["class", "accuracy", "support"]], on="class",
                       how="outer", suffixes=("_base", "_now"))
     merged["change"] = merged["accuracy_now"] - merged["accuracy_base"]
-    merged = merged[merged["change"].fillna(1.0) != 0]  # a class new or gone counts as changed
+    # a class new, gone, or scored on one side only (no test image on the other) counts as changed
+    one_sided = merged["accuracy_now"].isna() != merged["accuracy_base"].isna()
+    merged = merged[one_sided | (merged["change"].fillna(0) != 0)]
     merged["_size"] = merged["change"].abs().fillna(2.0)
     return merged.sort_values(["_size", "class"], ascending=[False, True]).drop(columns="_size").head(top)
 
@@ -208,7 +214,8 @@ def _class_sections(current: pd.DataFrame, base: pd.DataFrame | None, prediction
                  "—" if pd.isna(r["change"]) else f"{r['change']:+.3f}"] for _, r in changed.iterrows()]
         out += [md_table(["class", base_name, "workspace", "change"], rows) if rows
                 else "No class's test accuracy changed.", ""]
-    worst = current.sort_values(["accuracy", "f1", "class"], kind="stable").head(top)
+    scored = current[current["accuracy"].notna()]  # a class with no test image has no accuracy
+    worst = scored.sort_values(["accuracy", "f1", "class"], kind="stable").head(top)
     out += ["## Worst classes", "", md_table(
         ["class", "accuracy", "precision", "recall", "f1", "test images"],
         [[r["class"], r["accuracy"], r["precision"], r["recall"], r["f1"], int(r["support"])]

@@ -5,13 +5,14 @@ Both yield normalised (B, 3, H, W) float images and (B,) labels already on the d
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vitpipe.data.torchdata import ImageDataset
+from vitpipe.params import TrainParams
 from vitpipe.runtime import seed_worker
 from vitpipe.train import distributed
 from vitpipe.train.decoded import DecodedImages, DeviceAugment
@@ -20,9 +21,15 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class BatchSource(Protocol):
-    """Training batches of one epoch (shuffled by ``seed``) and the validation batches."""
+    """Training batches of one epoch and the validation batches.
 
-    def train(self, epoch: int, seed: int, *, batch_size: int, drop_last: bool) -> Iterator[Batch]: ...
+    ``shuffle_seed`` orders the epoch (the same on every rank); ``augment_seed`` seeds image ``i``'s
+    augmentation as (augment_seed, i) where augmentation runs per image, so DataLoader workers never
+    change a number. Augmentation that runs on batches draws from torch's global RNG, seeded by the engine.
+    """
+
+    def train(self, epoch: int, *, shuffle_seed: int, augment_seed: int, batch_size: int,
+              drop_last: bool) -> Iterator[Batch]: ...
 
     def valid(self, *, batch_size: int) -> Iterator[Batch]: ...
 
@@ -30,7 +37,7 @@ class BatchSource(Protocol):
 class LoaderBatches:
     """Decode and transform every image on the CPU in DataLoader workers (the tutorial's way)."""
 
-    def __init__(self, train_set: Dataset, val_set: Dataset, *, device: torch.device, num_workers: int):
+    def __init__(self, train_set: ImageDataset, val_set: Dataset, *, device: torch.device, num_workers: int):
         self.train_set, self.val_set, self.device, self.num_workers = train_set, val_set, device, num_workers
 
     def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool) -> DataLoader:
@@ -44,8 +51,10 @@ class LoaderBatches:
         for images, labels in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
-    def train(self, epoch: int, seed: int, *, batch_size: int, drop_last: bool) -> Iterator[Batch]:
-        loader = self._loader(self.train_set, batch_size=batch_size, shuffle=True, seed=seed, drop_last=drop_last)
+    def train(self, epoch: int, *, shuffle_seed: int, augment_seed: int, batch_size: int,
+              drop_last: bool) -> Iterator[Batch]:
+        dataset = self.train_set.with_seed(augment_seed)
+        loader = self._loader(dataset, batch_size=batch_size, shuffle=True, seed=shuffle_seed, drop_last=drop_last)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         return self._on_device(loader)
@@ -63,11 +72,11 @@ class DecodedBatches:
         self.train_images, self.val_images, self.device = train, val, device
         self.train_augment, self.eval_augment = train_augment, eval_augment
 
-    def train(self, epoch: int, seed: int, *, batch_size: int, drop_last: bool) -> Iterator[Batch]:
-        del epoch  # the seed already differs per epoch
-        order = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(seed))
+    def train(self, epoch: int, *, shuffle_seed: int, augment_seed: int, batch_size: int,
+              drop_last: bool) -> Iterator[Batch]:
+        del epoch, augment_seed  # flips and erasing run on batches, from the engine's seeded RNGs
+        order = torch.randperm(len(self.train_images), generator=torch.Generator().manual_seed(shuffle_seed))
         order = distributed.shard(order)
-        random.seed(seed)  # timm's RandomErasing draws its probability from Python's random
         for images, labels in self.train_images.batches(order, batch_size, drop_last=drop_last, device=self.device):
             yield self.train_augment(images), labels
 
@@ -75,3 +84,15 @@ class DecodedBatches:
         order = torch.arange(len(self.val_images))
         for images, labels in self.val_images.batches(order, batch_size, drop_last=False, device=self.device):
             yield self.eval_augment(images), labels
+
+
+def uses_decoded_images(params: TrainParams, device: torch.device) -> bool:
+    """Whether the image engine reads decoded uint8 images (augmented on the device) rather than files
+    through the DataLoader transforms.
+
+    ``auto`` decodes once only for fine-tuning on CUDA: a frozen backbone with ``cache_views: 0``
+    is the tutorial's loop, which must run exactly its transforms.
+    """
+    if params.image_source != "auto":
+        return params.image_source == "decoded"
+    return device.type == "cuda" and params.augment == "seed" and params.backbone_ever_trains

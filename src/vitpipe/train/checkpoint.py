@@ -1,12 +1,14 @@
 """Per-epoch checkpoints and resume: a killed train stage picks up where it stopped.
 
 A checkpoint holds everything the next epoch depends on: the trained weights, optimizer,
-scheduler, EMA, the best weights so far, the history, RNG states and the hash of the params
-that shape training. It is loaded with ``torch.load(weights_only=True)``.
+scheduler, EMA, the best weights so far, the history, RNG states, and the key of what made it
+(:mod:`vitpipe.train.resume`: params, classes, images, code, libraries, device). It is resumed only
+when that key is the current run's, and loaded with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import torch
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import atomic_path, write_error
 from vitpipe.model.weights import safe_torch_load
+from vitpipe.train.resume import key_changes
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +67,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, *, params_hash: str, complete: bool, progress: Progress,
+def save_checkpoint(path: Path, *, key: dict[str, Any], complete: bool, progress: Progress,
                     module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                     ema: torch.nn.Module | None) -> None:
     """Writes the checkpoint atomically (a kill mid-write leaves the previous one intact)."""
     payload = {
-        "params_hash": params_hash,
+        "key": json.dumps(key, sort_keys=True),
         "complete": complete,
         "progress": vars(progress),
         "module": module.state_dict(),
@@ -85,8 +88,9 @@ def save_checkpoint(path: Path, *, params_hash: str, complete: bool, progress: P
             raise write_error(path, exc) from None
 
 
-def load_checkpoint(path: Path, *, params_hash: str) -> dict[str, Any] | None:
-    """The checkpoint to resume from, or None to start fresh (none, other params, finished, unreadable)."""
+def load_checkpoint(path: Path, *, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint to resume from, or None to start fresh: none, made by another run (the log says
+    what changed), finished, or unreadable."""
     if not path.is_file():
         return None
     try:
@@ -94,11 +98,15 @@ def load_checkpoint(path: Path, *, params_hash: str) -> dict[str, Any] | None:
     except VitpipeError as exc:  # a torn or foreign file: never trust it, start fresh
         logger.warning("%s; starting fresh", str(exc).split("; ")[0].split(". ")[0])
         return None
-    if not isinstance(payload, dict):
-        logger.warning("checkpoint %s holds no vitpipe checkpoint; starting fresh", path)
+    try:
+        saved = json.loads(payload["key"])
+    except (TypeError, KeyError, ValueError):  # not a dict, or an older vitpipe's checkpoint
+        logger.warning("checkpoint %s is not one of this vitpipe's checkpoints; starting fresh", path)
         return None
-    if payload.get("params_hash") != params_hash:
-        logger.info("checkpoint %s was made with other params; starting fresh", path)
+    changes = key_changes(saved, key)
+    if changes:
+        shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+        logger.info("checkpoint %s was made by another run (changed: %s); starting fresh", path, shown)
         return None
     if payload.get("complete"):
         logger.info("checkpoint %s is of a finished run; training again from scratch", path)
@@ -107,9 +115,16 @@ def load_checkpoint(path: Path, *, params_hash: str) -> dict[str, Any] | None:
 
 
 def restore(payload: dict[str, Any], *, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, ema: torch.nn.Module | None) -> Progress:
-    """Loads a checkpoint from :func:`load_checkpoint` into the live objects; returns the progress."""
-    module.load_state_dict(payload["module"])
+            scheduler: Any, ema: torch.nn.Module | None) -> Progress | None:
+    """Loads a checkpoint from :func:`load_checkpoint` into the live objects and returns the progress;
+    None (with a warning, nothing loaded) when its weights do not fit ``module``: the caller starts fresh."""
+    own, saved = module.state_dict(), payload["module"]
+    misfit = sorted(k for k in own.keys() | saved.keys() if k not in own or k not in saved
+                    or own[k].shape != saved[k].shape)
+    if misfit:
+        logger.warning("checkpoint weights do not fit this model (%s, ...); starting fresh", misfit[0])
+        return None
+    module.load_state_dict(saved)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     if ema is not None and payload["ema"] is not None:

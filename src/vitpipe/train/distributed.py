@@ -63,6 +63,22 @@ def shard(order: torch.Tensor) -> torch.Tensor:
     return padded[dist.get_rank()::world]
 
 
+def rank_parts() -> tuple[int, ...]:
+    """What to mix into a seed so each rank draws its own random numbers (dropout, flips, mixup):
+    ``(rank,)`` under torchrun, ``()`` in one process (so a plain run keeps its seeds)."""
+    return (dist.get_rank(),) if dist.is_initialized() else ()
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """``values`` summed over every rank (float64); unchanged in one process."""
+    if not dist.is_initialized():
+        return values
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=on)  # NCCL reduces on this rank's GPU only
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
 def barrier() -> None:
     """Waits for every rank (e.g. until rank 0 has written a checkpoint)."""
     if dist.is_initialized():

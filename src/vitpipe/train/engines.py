@@ -1,6 +1,8 @@
 """The two ways an epoch is run (:class:`Engine`): on cached backbone features, or on images through the model.
 
-Each epoch's randomness (shuffling, views, dropout, augmentation) is seeded from (train.seed, epoch) alone.
+Each epoch's randomness (shuffling, views, dropout, augmentation) is seeded from (train.seed, epoch)
+alone, each image's augmentation from (train.seed, epoch, its index), and under torchrun each rank's
+dropout, mixup and device augmentation also from its rank: no worker count or kill changes a number.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from tqdm import tqdm
 from vitpipe.model.classifier import Classifier, set_backbone_trainable
 from vitpipe.model.features import STORAGE_DTYPE
 from vitpipe.params import TrainParams
-from vitpipe.runtime import autocast, derive_seed
+from vitpipe.runtime import autocast, derive_seed, seed_everything
 from vitpipe.train import distributed
 from vitpipe.train.batches import BatchSource
 
@@ -43,6 +45,28 @@ class Totals:
             return float("nan"), float("nan")
         return self.loss / self.count, self.correct / self.count
 
+    def summed(self) -> Totals:
+        """The totals of every rank under torchrun (each trained on its own share); self otherwise."""
+        loss, correct, count = distributed.all_sum([self.loss, float(self.correct), float(self.count)])
+        return Totals(loss, round(correct), round(count))
+
+
+@dataclass
+class ValTotals:
+    """Validation sums: the training objective (label-smoothed) and plain cross-entropy, and accuracy."""
+
+    smoothed: Totals
+    plain: float = 0.0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module) -> None:
+        self.smoothed.add(loss_fn(logits, labels), logits, labels)
+        self.plain += float(nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+
+    def result(self) -> tuple[float, float, float]:
+        """(mean smoothed loss, mean cross-entropy, accuracy)."""
+        loss, accuracy = self.smoothed.result()
+        return loss, self.plain / self.smoothed.count if self.smoothed.count else float("nan"), accuracy
+
 
 class Engine(Protocol):
     """How the epochs of a run are executed.
@@ -59,7 +83,9 @@ class Engine(Protocol):
     def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer,
                     ema: nn.Module | None) -> tuple[float, float]: ...
 
-    def evaluate(self, module: nn.Module) -> tuple[float, float]: ...
+    def evaluate(self, module: nn.Module) -> tuple[float, float, float]:
+        """(label-smoothed loss, plain cross-entropy, accuracy) of ``module`` on the valid split."""
+        ...
 
 
 def _step(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer, *,
@@ -110,14 +136,13 @@ class FeatureEngine:
         return totals.result()
 
     @torch.inference_mode()
-    def evaluate(self, module: nn.Module) -> tuple[float, float]:
+    def evaluate(self, module: nn.Module) -> tuple[float, float, float]:
         module.eval()
-        totals = Totals()
+        totals = ValTotals(Totals())
         for start in range(0, self.val_x.shape[0], self.params.val_batch_size):
             x = self.val_x[start:start + self.params.val_batch_size]
             y = self.val_y[start:start + self.params.val_batch_size]
-            logits = module(x)
-            totals.add(self.val_loss_fn(logits, y), logits, y)
+            totals.add(module(x), y, self.val_loss_fn)
         return totals.result()
 
 
@@ -135,23 +160,30 @@ class ImageEngine:
         self.channels_last = params.channels_last and device.type == "cuda"
         if self.channels_last:
             self.module.to(memory_format=torch.channels_last)
-        self.forward_module = self._wrapped()
+        self.forward_module: nn.Module = self.module
+        self._wrapped_for: bool | None = None  # the backbone's trainability when forward_module was built
 
-    def _wrapped(self) -> nn.Module:
-        module = distributed.wrap(self.module, self.device)
-        return torch.compile(module) if self.params.compile else module
+    def _prepare(self, epoch: int) -> None:
+        """Sets the epoch's freeze state, then (re)builds the DDP/compile wrapper when that state changed:
+        DDP registers exactly the parameters that take gradients when it is built."""
+        trains = self.params.backbone_trains(epoch)
+        if trains and self.module.backbone_frozen:
+            logger.info("epoch %d: unfreezing the backbone", epoch)
+        set_backbone_trainable(self.module, trains)
+        if trains != self._wrapped_for:
+            module = distributed.wrap(self.module, self.device)
+            self.forward_module = torch.compile(module) if self.params.compile else module
+            self._wrapped_for = trains
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> tuple[float, float]:
-        if self.params.backbone_trains(epoch):
-            if self.module.backbone_frozen:
-                logger.info("epoch %d: unfreezing the backbone", epoch)
-                set_backbone_trainable(self.module, True)
-                self.forward_module = self._wrapped()  # DDP registers the parameters that train now
-        torch.manual_seed(derive_seed(self.params.seed, epoch, 2))  # dropout, mixup, device augmentation
-        batches = self.batches.train(epoch, derive_seed(self.params.seed, epoch, 1),
+        self._prepare(epoch)
+        # dropout, mixup and device augmentation: torch, numpy (timm's Mixup) and random (RandomErasing)
+        seed_everything(derive_seed(self.params.seed, epoch, 2, *distributed.rank_parts()))
+        batches = self.batches.train(epoch, shuffle_seed=derive_seed(self.params.seed, epoch, 1),
+                                     augment_seed=derive_seed(self.params.seed, epoch, 3),
                                      batch_size=self.params.batch_size, drop_last=self.mixup is not None)
         self.module.train()
         totals = Totals()
@@ -164,14 +196,14 @@ class ImageEngine:
                 loss = self.loss_fn(logits.float(), targets)
             _step(loss, self.module, optimizer, grad_clip=self.params.grad_clip, ema=ema)
             totals.add(loss, logits, labels)
-        return totals.result()
+        return totals.summed().result()
 
     @torch.inference_mode()
-    def evaluate(self, module: nn.Module) -> tuple[float, float]:
+    def evaluate(self, module: nn.Module) -> tuple[float, float, float]:
         module.eval()
-        totals = Totals()
+        totals = ValTotals(Totals())  # every rank scores the whole valid split
         for images, labels in self.batches.valid(batch_size=self.params.val_batch_size):
             with autocast(self.device, self.params.precision):
                 logits = module(self._layout(images)).float()
-            totals.add(self.val_loss_fn(logits, labels), logits, labels)
+            totals.add(logits, labels, self.val_loss_fn)
         return totals.result()

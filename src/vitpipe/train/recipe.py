@@ -19,6 +19,7 @@ from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from vitpipe.errors import VitpipeError
 from vitpipe.model.classifier import Classifier
 from vitpipe.params import TrainParams
 
@@ -61,7 +62,10 @@ def _param_groups(module: nn.Module, params: TrainParams) -> list[dict[str, Any]
         return param_groups_weight_decay(module, params.weight_decay)
     backbone = module.backbone
     skip = set(getattr(backbone, "no_weight_decay", lambda: set())())
-    if params.layer_decay is not None and hasattr(backbone, "group_matcher"):
+    if params.layer_decay is not None and not hasattr(backbone, "group_matcher"):
+        raise VitpipeError(f"train.layer_decay: {type(backbone).__name__} has no layer groups (timm's "
+                           f"group_matcher) to decay; remove train.layer_decay or pick another model.name.")
+    if params.layer_decay is not None:
         groups = param_groups_layer_decay(backbone, params.weight_decay, no_weight_decay_list=skip,
                                           layer_decay=params.layer_decay)
     else:

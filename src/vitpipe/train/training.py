@@ -39,7 +39,12 @@ from vitpipe.model.transforms import (
 from vitpipe.params import Params
 from vitpipe.runtime import configure, device_name, resolve_device, seed_everything
 from vitpipe.train import distributed
-from vitpipe.train.batches import BatchSource, DecodedBatches, LoaderBatches
+from vitpipe.train.batches import (
+    BatchSource,
+    DecodedBatches,
+    LoaderBatches,
+    uses_decoded_images,
+)
 from vitpipe.train.checkpoint import Progress, load_checkpoint, restore, save_checkpoint
 from vitpipe.train.decoded import DecodedImages, DeviceAugment
 from vitpipe.train.engines import Engine, FeatureEngine, ImageEngine
@@ -52,10 +57,14 @@ from vitpipe.train.recipe import (
     class_weights,
     current_lr,
 )
+from vitpipe.train.resume import key_parts
 
 logger = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
+# train/val_loss_smoothed: the training objective (train.label_smoothing, mixup's soft targets); only
+# val_cross_entropy is comparable with test.json's loss (plain cross-entropy).
+HISTORY_COLUMNS = ("epoch", "train_loss_smoothed", "train_accuracy", "val_loss_smoothed", "val_cross_entropy",
+                   "val_accuracy", "lr")
 
 
 @dataclass(frozen=True)
@@ -91,10 +100,8 @@ def _feature_engine(model: Classifier, index: DatasetIndex, params: Params, *, d
 
 
 def _image_batches(index: DatasetIndex, t, *, device: torch.device, spec, train_tf, eval_tf) -> BatchSource:
-    """Decoded uint8 images augmented on the device (CUDA by default), or a DataLoader over files."""
-    decoded = t.image_source == "decoded" or (t.image_source == "auto" and device.type == "cuda"
-                                              and t.augment == "seed")
-    if not decoded:
+    """Decoded uint8 images augmented on the device (fine-tuning on CUDA by default), or a DataLoader over files."""
+    if not uses_decoded_images(t, device):
         return LoaderBatches(ImageDataset(index.root, index.samples("train"), train_tf),
                              ImageDataset(index.root, index.samples("valid"), eval_tf),
                              device=device, num_workers=t.num_workers)
@@ -128,12 +135,12 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
         raise VitpipeError("torchrun runs full fine-tuning; with a frozen backbone and train.cache_views > 0 "
                            "the head trains in one process. Run without torchrun, or set train.freeze: none.")
     device = distributed.setup(resolve_device(t.device))
-    configure(device)
+    configure(device, t.precision)
     seed_everything(t.seed)
     model, info = build_model(params.model, len(index.classes), seed=t.seed)
     spec = eval_spec(t.augment, info)
     train_tf, eval_tf = build_train_transform(t.augment, spec, info), build_eval_transform(spec)
-    mixup = build_mixup(t, len(index.classes)) if not t.uses_feature_cache else None
+    mixup = build_mixup(t, len(index.classes))  # params refuse mixup where the head trains on features
     weight = class_weights(t, _labels(index, "train"), len(index.classes))
     losses = (build_loss(t, mixup=mixup is not None, weight=weight).to(device), build_loss(t, mixup=False))
     engine: Engine
@@ -151,7 +158,8 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     set_backbone_trainable(model, t.backbone_trains(0))
     scheduler = build_scheduler(optimizer, t)
     ema = build_ema(engine.module, t)
-    progress = _resume_or_start(params, outputs, engine.module, optimizer, scheduler, ema)
+    key = key_parts(params, index, device)
+    progress = _resume_or_start(outputs, key, engine.module, optimizer, scheduler, ema)
     epochs = tqdm(range(progress.next_epoch, t.epochs), desc="epochs", unit="epoch", initial=progress.next_epoch,
                   total=t.epochs, disable=None if distributed.is_main() else True)
     with logging_redirect_tqdm():  # the per-epoch log lines print above the bars
@@ -160,7 +168,7 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
             stop = progress.note_validation(progress.history[-1]["val_accuracy"], min_delta=t.min_delta,
                                             patience=t.patience)
             if distributed.is_main():
-                save_checkpoint(outputs.checkpoint, params_hash=params.training_hash(),
+                save_checkpoint(outputs.checkpoint, key=key,
                                 complete=stop or epoch == t.epochs - 1, progress=progress, module=engine.module,
                                 optimizer=optimizer, scheduler=scheduler, ema=ema)
             distributed.barrier()
@@ -183,11 +191,12 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     return metrics
 
 
-def _resume_or_start(params: Params, outputs: TrainOutputs, module, optimizer, scheduler, ema) -> Progress:
-    payload = load_checkpoint(outputs.checkpoint, params_hash=params.training_hash())
-    if payload is None:
+def _resume_or_start(outputs: TrainOutputs, key: dict[str, Any], module, optimizer, scheduler, ema) -> Progress:
+    payload = load_checkpoint(outputs.checkpoint, key=key)
+    progress = None if payload is None else restore(payload, module=module, optimizer=optimizer,
+                                                    scheduler=scheduler, ema=ema)
+    if progress is None:
         return Progress()
-    progress = restore(payload, module=module, optimizer=optimizer, scheduler=scheduler, ema=ema)
     logger.info("resuming from %s: epochs 0-%d done, best val accuracy %.4f (epoch %d)", outputs.checkpoint,
                 progress.next_epoch - 1, progress.best_accuracy, progress.best_epoch)
     return progress
@@ -197,16 +206,17 @@ def _run_epoch(epoch: int, engine, optimizer, scheduler, ema, progress: Progress
     lr = current_lr(optimizer)
     train_loss, train_acc = engine.train_epoch(epoch, optimizer, ema)
     scored = ema.module if ema is not None else engine.module
-    val_loss, val_acc = engine.evaluate(scored)
+    val_loss, val_ce, val_acc = engine.evaluate(scored)
     scheduler.step(epoch + 1)
-    progress.history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-                             "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr})
+    progress.history.append({"epoch": epoch, "train_loss_smoothed": train_loss, "train_accuracy": train_acc,
+                             "val_loss_smoothed": val_loss, "val_cross_entropy": val_ce, "val_accuracy": val_acc,
+                             "lr": lr})
     if val_acc > progress.best_accuracy:
         progress.best_accuracy, progress.best_epoch = val_acc, epoch
         progress.best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
     progress.next_epoch = epoch + 1
-    logger.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g",
-                epoch, train_loss, train_acc, val_loss, val_acc, lr)
+    logger.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f (cross-entropy %.4f) acc %.4f | lr %.3g",
+                epoch, train_loss, train_acc, val_loss, val_ce, val_acc, lr)
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str | None:
