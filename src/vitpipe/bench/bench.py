@@ -24,7 +24,7 @@ from scipy.stats import binomtest
 
 from vitpipe.bench.memory import PeakMemory, release_free_memory
 from vitpipe.bench.tutorial import TUTORIAL_WORKERS, evaluate_tutorial, train_tutorial
-from vitpipe.check.datacheck import check_dataset, refusal_reasons
+from vitpipe.check.datacheck import check_dataset, refused
 from vitpipe.data.index import DatasetIndex, Sample
 from vitpipe.download.synthetic import generate
 from vitpipe.errors import VitpipeError
@@ -32,6 +32,7 @@ from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
 from vitpipe.fileio import write_text
 from vitpipe.model.features import Extractor, FeatureCache
 from vitpipe.params import DataParams, Params, parse_params
+from vitpipe.report.markdown import md_header, md_row
 from vitpipe.runtime import describe_device, resolve_device
 from vitpipe.train.training import TrainOutputs, run_training
 
@@ -212,8 +213,7 @@ def checked_index(root: Path, data: DataParams) -> DatasetIndex:
     """The split-check's index of ``root``; a refused dataset is a :class:`VitpipeError`."""
     result = check_dataset(root, data)
     if result.index is None:
-        reasons, fixes = refusal_reasons(result)
-        raise VitpipeError(f"{root}: refused by the split-check: {reasons}. To fix: {'; '.join(fixes)}.")
+        raise refused(result)
     return result.index
 
 
@@ -299,13 +299,13 @@ def table_rows(bench: BenchResult) -> list[str]:
                  _fraction(r.test_correct, r.test_images), _interval(r.test_correct, r.test_images),
                  _versus_loop(bench, r), _fraction(r.val_correct, r.val_images),
                  _mib(r.peak_rss_mib), _mib(r.peak_anon_mib))
-        rows.append("| " + " | ".join(cells) + " |")
+        rows.append(md_row(cells))
     return rows
 
 
 def table_header() -> list[str]:
     """The markdown table's header and alignment lines."""
-    return ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    return md_header(COLUMNS)
 
 
 def append_rows(path: Path, rows: list[str], *, header: list[str] | None = None, section: str = "") -> None:
