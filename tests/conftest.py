@@ -62,3 +62,11 @@ def tiny_params(**train: object) -> Params:
     base = TrainParams(epochs=2, batch_size=8, val_batch_size=8, num_workers=0)
     model = ModelParams(name="test_vit", img_size=32, head_hidden=16)
     return Params(model=model, train=dataclasses.replace(base, **train))
+
+
+@pytest.fixture()
+def repo_copy(tmp_path) -> tuple[Path, dict[str, str]]:
+    """The project's files in a fresh git repo, without any outputs (see tests/repo_copy.py)."""
+    from repo_copy import copy_repo
+
+    return copy_repo(tmp_path)

@@ -4,53 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO
 from PIL import Image
+from repo_copy import run as _run
+from repo_copy import stages_run as _stages_run
 
 pytestmark = pytest.mark.slow
 
 METRIC_FILES = ("data.json", "train_history.csv", "test.json", "per_class.csv", "predictions.csv")
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
-@pytest.fixture()
-def repo_copy(tmp_path) -> tuple[Path, dict[str, str]]:
-    """The project's files (tracked and new, not ignored) in a fresh git repo, without any outputs."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
-    work = tmp_path / "repo"
-    for name in filter(None, files):
-        if (REPO / name).is_file() and not name.startswith(("metrics/", "dvc.lock")):
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, work / name)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "VITPIPE_CACHE_DIR": str(tmp_path / "feature-cache"), "DVC_NO_ANALYTICS": "1"}
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
-                ["git", "config", "user.name", "ci"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        _run(cmd, work, env)
-    return work, env
-
-
 def _read_metrics(work: Path) -> dict[str, bytes]:
     return {name: (work / "metrics" / name).read_bytes() for name in METRIC_FILES}
-
-
-def _stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def test_default_pipeline_runs_offline_reproducibly_and_reruns_only_what_changed(repo_copy, tmp_path):
