@@ -27,7 +27,7 @@ def load_predictor(model_path: Path, *, device: str, tta: bool) -> Predictor:
     if card.feature_runtime == "onnxruntime" and resolved.type != "cpu":
         if device.strip() != "auto":
             raise VitpipeError(f"{model_path}: its head was trained on onnxruntime features, computed on the CPU; "
-                               f"set train.device: cpu (or auto).")
+                               f"use train.device cpu or auto.")
         resolved = torch.device("cpu")
     model = model.to(resolved)
     configure(resolved, card.precision)  # scored as it was validated: no TF32 for an fp32 model

@@ -40,7 +40,7 @@ from torch import nn
 from vitpipe.cachedir import ENV, cache_subdir, make_cache_dir
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import atomic_path, write_text
-from vitpipe.runtime import code_digest
+from vitpipe.runtime import ONNX_LIBRARIES, code_digest
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ INPUT_NAME = "image"
 FEATURES_NAME = "features"
 PRECISIONS = ("fp32", "int8")
 SUBDIR = "onnx"  # in vitpipe's cache folder
-_LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime")
+_LIBRARIES = ("torch", *ONNX_LIBRARIES)
 _RUNTIME_FIX = "set train.feature_runtime: torch"
 
 
