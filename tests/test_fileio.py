@@ -208,3 +208,22 @@ def test_a_full_or_read_only_tmpfs_ends_in_one_line_naming_the_path(tmp_path, wo
     proc = _on_tmpfs(disk, options, cmd, cwd, env)
     reason = "Read-only file system" if options == "ro" else "No space left on device"
     _assert_one_line(proc, "could not write", named, reason)
+
+
+@mounts
+def test_a_read_only_cache_folder_warns_and_the_onnxruntime_feature_pass_goes_on(tmp_path, work):
+    """train.feature_runtime: onnxruntime with the whole cache folder on a read-only tmpfs: the ONNX export
+    and the features are computed for the run, with a warning each, and the model is written."""
+    cwd = tmp_path / "w"
+    shutil.copytree(work, cwd)
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["train"].update(feature_runtime="onnxruntime", precision="int8")
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    cache = tmp_path / "cache"
+    proc = _on_tmpfs(cache, "ro", _stage("train.py", *TRAIN_ARGS), cwd,
+                     {**os.environ, "VITPIPE_CACHE_DIR": str(cache)})
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in text, text
+    assert "cannot keep the ONNX backbone" in text and "Read-only file system" in text
+    assert "features not cached, training goes on" in text
+    assert (cwd / "models" / "model.safetensors").is_file()

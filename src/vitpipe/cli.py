@@ -115,7 +115,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         root, name = resolve_data(args.data, params.data, Path(scratch))
         if not args.cache_only:
             result = run_bench(params, root, out=args.out, data_name=name, skip_loop=args.skip_loop,
-                               loop_workers=args.loop_workers, views=args.views, precisions=args.precisions)
+                               loop_workers=args.loop_workers, views=args.views, precisions=args.precisions,
+                               runtimes=args.runtimes)
             print(format_table(result))  # noqa: T201 - the table is this command's output
         if not args.skip_cache:
             with tempfile.TemporaryDirectory(prefix="vitpipe-bench-cache-") as work:
@@ -129,6 +130,15 @@ def _precision_list(text: str) -> tuple[str, ...]:
     values = tuple(part.strip() for part in text.split(",") if part.strip())
     if not values or any(v not in ("bf16", "fp32") for v in values):
         raise argparse.ArgumentTypeError(f"must be bf16 and/or fp32, comma-separated, got {text!r}")
+    return values
+
+
+def _runtime_list(text: str) -> tuple[str, ...]:
+    from vitpipe.bench.bench import RUNTIMES
+
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not values or any(v not in RUNTIMES for v in values):
+        raise argparse.ArgumentTypeError(f"must be {', '.join(RUNTIMES)}, comma-separated, got {text!r}")
     return values
 
 
@@ -237,7 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=_int_list, default=(),
                    help="comma-separated train.cache_views values, one vitpipe run each (default: params.yaml's)")
     p.add_argument("--precisions", type=_precision_list, default=(),
-                   help="comma-separated train.precision values (bf16,fp32), one vitpipe run each")
+                   help="comma-separated train.precision values (bf16,fp32), one vitpipe run each (torch)")
+    p.add_argument("--runtimes", type=_runtime_list, default=(),
+                   help="comma-separated feature runtimes: torch (with --precisions), onnxruntime-fp32, "
+                   "onnxruntime-int8; one vitpipe run each")
     p.add_argument("--added", type=_positive_int, default=50,
                    help="feature cache row: train images held back, then added (default: 50)")
     which = p.add_mutually_exclusive_group()

@@ -80,6 +80,9 @@ _TRAIN_APPLIES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_delta": (lambda t: t.patience is not None, "train.patience (early stopping is off)"),
     "cache_views": (lambda t: not t.backbone_ever_trains,
                     "a frozen backbone (train.freeze: backbone without train.unfreeze_epoch)"),
+    "feature_runtime": (lambda t: t.uses_feature_cache,
+                        "the frozen-backbone feature pass: train.freeze: backbone without train.unfreeze_epoch, "
+                        "and train.cache_views >= 1"),
 }
 
 _DATA_APPLIES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -208,7 +211,11 @@ class TrainParams:
     ema_decay: float = _p(0.0, "e.g. 0.999: validate and keep an EMA of the weights (0 = off)", ge=0.0, lt=1.0)
     grad_clip: float = _p(0.0, "max gradient norm (0 = off)", ge=0.0)
     augment: Literal["seed", "timm"] = _p("seed", "seed (the tutorial's transforms) | timm (timm's training transforms)")
-    precision: Literal["bf16", "fp32"] = _p("bf16", "bf16 autocast (CPU and CUDA) | fp32 (the tutorial)")
+    precision: Literal["bf16", "fp32", "int8"] = _p(
+        "bf16", "bf16 autocast (CPU and CUDA) | fp32 (the tutorial) | int8 (train.feature_runtime: onnxruntime only: "
+        "dynamic quantization)")
+    feature_runtime: Literal["torch", "onnxruntime"] = _p(
+        "torch", "frozen-backbone feature pass on torch | onnxruntime (CPU; train.precision fp32 or int8)")
     channels_last: bool = _p(True, "channels_last memory format (CUDA only)")
     compile: bool = _p(False, "torch.compile the model (image engine)")
     cache_views: int = _p(1, "frozen backbone: cached views per image (1: eval view only, no augmentation); "
@@ -233,6 +240,12 @@ class TrainParams:
             _fail("train.class_weights", "cannot be combined with train.mixup or train.cutmix (mixed targets "
                   "have no single class to weight); set it to none or turn mixup/cutmix off", self.class_weights)
         _refuse_inert(self, "train", _TRAIN_APPLIES)
+        if self.precision == "int8" and self.feature_runtime != "onnxruntime":
+            _fail("train.precision", "int8 needs train.feature_runtime: onnxruntime (torch runs bf16 or fp32)",
+                  self.precision)
+        if self.feature_runtime == "onnxruntime" and self.precision == "bf16":
+            _fail("train.precision", "bf16 does not run on onnxruntime (its CPU kernels have no bf16 MatMul); with "
+                  "train.feature_runtime: onnxruntime set fp32 or int8", self.precision)
 
     def backbone_trains(self, epoch: int) -> bool:
         """Whether the backbone takes gradients in ``epoch`` (``freeze: none``, or from ``unfreeze_epoch`` on)."""

@@ -149,9 +149,9 @@ def test_a_write_the_system_refuses_is_one_line(model_path, tmp_path, capsys, mo
 
 
 def test_a_model_over_the_single_file_onnx_limit_is_one_line(model_path, tmp_path, capsys, monkeypatch):
-    import vitpipe.export.onnx_file as onnx_file
+    import vitpipe.model.onnx_backbone as onnx_backbone
 
-    monkeypatch.setattr(onnx_file, "MAX_WEIGHT_BYTES", 1000)  # test_vit's weights: about 1.7 MB
+    monkeypatch.setattr(onnx_backbone, "MAX_WEIGHT_BYTES", 1000)  # test_vit's weights: about 1.7 MB
     _refused(["--model", str(model_path), "--format", "onnx", "--out", str(tmp_path / "o")], capsys,
              "over the 2 GiB a single-file ONNX model can hold; use --format timm")
     assert not (tmp_path / "o").exists()

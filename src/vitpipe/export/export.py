@@ -58,6 +58,9 @@ def export_model(model_path: Path, fmt: str, out: Path | None = None, *, metrics
     out = Path(out) if out is not None else default_out(fmt)
     check_out_dir(out, fmt)
     model, card = load_model(Path(model_path))
+    if card.feature_runtime == "onnxruntime" and card.precision == "int8":
+        logger.warning("%s: its head was trained on onnxruntime int8 features; the exported model computes them "
+                       "in fp32, so its probabilities differ slightly from evaluate's and predict's", model_path)
     if fmt == "timm":
         check_timm_compatible(card, model_path)
     with contextlib.ExitStack() as stack:

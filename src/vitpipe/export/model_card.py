@@ -75,7 +75,8 @@ center-crop {spec.crop}, mean {list(spec.mean)}, std {list(spec.std)}.
 
 def _settings(card: ModelCard) -> str:
     rows = {**{f"model.{k}": v for k, v in dataclasses.asdict(card.model).items()},
-            "precision": card.precision, "feature_dtype": card.feature_dtype, "weights_source": card.weights_source}
+            "precision": card.precision, "feature_dtype": card.feature_dtype,
+            "feature_runtime": card.feature_runtime, "weights_source": card.weights_source}
     return "## Model settings (from the model file)\n\n" + _table(rows)
 
 

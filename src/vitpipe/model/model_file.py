@@ -28,6 +28,9 @@ class ModelCard:
     precision: str
     feature_dtype: str | None  # "bfloat16" when the head was trained on cached, rounded features
     weights_source: str
+    # "onnxruntime" when those features came from onnxruntime (``precision`` fp32 or int8): evaluate and
+    # predict compute them the same way. Cards written before this field read as "torch".
+    feature_runtime: str = "torch"
 
     def to_metadata(self) -> dict[str, str]:
         """safetensors metadata: str -> str."""
@@ -75,7 +78,8 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[Class
 
 
 def card_for(classes: tuple[str, ...], params: ModelParams, info: ModelInfo, *, spec: EvalSpec,
-             precision: str, feature_dtype: str | None) -> ModelCard:
+             precision: str, feature_dtype: str | None, feature_runtime: str = "torch") -> ModelCard:
     """The card of a model trained with ``params``."""
     return ModelCard(classes=tuple(classes), model=params, eval_transform=spec, precision=precision,
-                     feature_dtype=feature_dtype, weights_source=info.weights_source)
+                     feature_dtype=feature_dtype, weights_source=info.weights_source,
+                     feature_runtime=feature_runtime if feature_dtype else "torch")
