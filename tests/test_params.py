@@ -262,3 +262,27 @@ def test_a_key_set_where_it_is_not_used_is_refused_naming_what_to_change(text, k
 def test_the_same_keys_are_accepted_where_they_apply(text):
     params = parse_params(yaml.safe_load(text))
     params.data.refuse_unused(params.data.source)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("data:\n  drop_classes: [[a]]\n", "data.drop_classes"),  # was a TypeError (unhashable) traceback
+    ("data:\n  drop_classes: [{a: 1}]\n", "data.drop_classes"),
+    ("train: 0\n", "train"),  # a section that is a scalar was read as empty: every key at its default
+    ("train: false\n", "train"),
+    ("train: []\n", "train"),
+    ("data: ''\n", "data"),
+    # the first epoch always counts as a gain, so 9 epochs without one end the run at its last epoch anyway
+    ("train:\n  patience: 9\n", "train.patience"),
+    ("train:\n  epochs: 3\n  patience: 5\n", "train.patience"),
+])
+def test_hostile_values_of_sections_and_new_keys_are_one_line_naming_the_key(text, key):
+    with pytest.raises(VitpipeError) as err:
+        parse_params(yaml.safe_load(text))
+    message = str(err.value)
+    assert key in message and "\n" not in message
+
+
+def test_patience_that_can_stop_a_run_early_is_accepted():
+    assert parse_params(yaml.safe_load("train:\n  patience: 8\n")).train.patience == 8  # epochs 10
+    assert parse_params(yaml.safe_load("train:\n  epochs: 3\n  patience: 1\n")).train.patience == 1
+    assert parse_params(yaml.safe_load("train:\n")).train == parse_params({}).train  # an empty section

@@ -159,10 +159,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if not args.format:
         raise VitpipeError("--format: give onnx or timm, e.g. `vitpipe export --format onnx`.")
+    if args.metrics is not None and args.format == "onnx":
+        raise VitpipeError("--metrics: --format onnx quotes no metrics (the timm folder's model card does); "
+                           "drop --metrics.")
+    if args.metrics is not None and not args.metrics.is_dir():
+        raise VitpipeError(f"--metrics {args.metrics}: not a folder; give the folder holding test.json, data.json "
+                           f"and train.json (default: metrics).")
     # quoted in the timm folder's model card: the --params file, else ./params.yaml when there is one
     params = load_params(args.params) if args.params is not None else (
         load_params(PARAMS_FILE) if PARAMS_FILE.exists() else None)
-    for path in export_model(args.model, args.format, args.out, metrics_dir=args.metrics, params=params):
+    metrics = Path("metrics") if args.metrics is None else args.metrics
+    for path in export_model(args.model, args.format, args.out, metrics_dir=metrics, params=params):
         print(path)  # noqa: T201 - the files written are this command's output
     return 0
 
@@ -175,8 +182,8 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
                         "model.safetensors and README.md (needs model.head_hidden: 0)")
     p.add_argument("--out", type=Path, help="folder to write (default: models/onnx or models/timm); "
                    "created, or replaced when it holds only a previous export")
-    p.add_argument("--metrics", type=Path, default=Path("metrics"),
-                   help="timm: the model card quotes test.json, data.json and train.json from here")
+    p.add_argument("--metrics", type=Path, default=None,
+                   help="timm: the model card quotes test.json, data.json and train.json from here (default: metrics)")
     p.set_defaults(func=_cmd_export)
 
 

@@ -228,6 +228,11 @@ class TrainParams:
     def __post_init__(self) -> None:
         if self.warmup_epochs >= self.epochs:
             _fail("train.warmup_epochs", f"must be < train.epochs ({self.epochs})", self.warmup_epochs)
+        if self.patience is not None and self.patience >= self.epochs - 1:
+            # the first epoch always counts as a gain: the counter reaches epochs - 1 at the last epoch
+            _fail("train.patience", f"must be < train.epochs - 1 ({self.epochs - 1}) to ever stop a run early "
+                  f"(the first epoch always counts as a gain); lower it, or set null to train every epoch",
+                  self.patience)
         if self.unfreeze_epoch is not None:
             if self.freeze != "backbone":
                 _fail("train.unfreeze_epoch", "needs train.freeze: backbone", self.unfreeze_epoch)
@@ -359,9 +364,10 @@ def _names(key: str, value: Any, *, mapping: bool) -> Any:
         return {_name(key, k): _name(key, v) for k, v in value.items()}
     if not isinstance(value, (list, tuple)):
         _fail(key, "must be a list such as [NAME, OTHER NAME] ([] for none)", value)
-    if len(set(value)) != len(value):
+    names = [_name(key, v) for v in value]  # strings first: a nested list is not hashable
+    if len(set(names)) != len(names):
         _fail(key, "lists a name twice", value)
-    return [_name(key, v) for v in value]
+    return names
 
 
 def _check_limits(key: str, value: Any, meta: dict[str, Any]) -> None:
@@ -406,7 +412,8 @@ def parse_params(raw: Any) -> Params:
                                f"{', '.join(hints)}. Remove or rename it.")
     values = {}
     for section, cls in hints.items():
-        body = raw.get(section) or {}
+        body = raw.get(section)
+        body = {} if body is None else body  # `train:` alone is empty; `train: 0` or `train: []` is not
         if not isinstance(body, dict):
             _fail(section, "must be a mapping of keys", body)
         values[section] = _build(cls, body, section)

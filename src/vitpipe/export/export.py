@@ -85,6 +85,10 @@ def export_model(model_path: Path, fmt: str, out: Path | None = None, *, metrics
 
 def check_out_dir(out: Path, fmt: str) -> None:
     """Refuses, in one line, an output folder that is a link, a file, read-only, or holds other files."""
+    here, target = Path.cwd(), Path(os.path.abspath(out))  # `--out ''` is Path('.')
+    if target == here or target in here.parents:
+        raise VitpipeError(f"--out {str(out)!r}: is the current folder or one above it, which vitpipe cannot "
+                           f"replace; give a folder for the export, e.g. --out {default_out(fmt)}.")
     if out.is_symlink():
         raise VitpipeError(f"--out {out}: is a symbolic link; give a real directory (vitpipe does not write "
                            f"through links).")

@@ -9,8 +9,10 @@ there is one), and what is missing or does not match is said instead of quoted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,21 @@ def _params(params: Params | None, train: dict[str, Any] | None) -> str:
     return head + f"params.yaml, the run's (params_hash {params.training_hash()} as in metrics/train.json):\n\n" + _table(rows)
 
 
+def _tolerant(title: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
+    """A section renderer that says "not quoted" for a metrics file of another shape (edited by hand,
+    another tool's) instead of failing the export on a missing key or a wrong type."""
+    def wrap(render: Callable[..., str]) -> Callable[..., str]:
+        @functools.wraps(render)
+        def guarded(card: ModelCard, path: Path, *args: Any) -> str:
+            try:
+                return render(card, path, *args)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                return f"## {title} ({path})\n\n{path}: not laid out as vitpipe writes it: not quoted.\n"
+        return guarded
+    return wrap
+
+
+@_tolerant("Test metrics")
 def _metrics(card: ModelCard, path: Path, verified: str) -> str:
     head = f"## Test metrics ({path})\n\n"
     test = _read(path)
@@ -109,6 +126,7 @@ def _metrics(card: ModelCard, path: Path, verified: str) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+@_tolerant("Data check")
 def _data(card: ModelCard, path: Path) -> str:
     head = f"## Data check ({path})\n\n"
     data = _read(path)
@@ -126,6 +144,7 @@ def _data(card: ModelCard, path: Path) -> str:
     return head + _table(rows)
 
 
+@_tolerant("Provenance")
 def _provenance(card: ModelCard, path: Path, train: dict[str, Any] | None) -> str:
     head = f"## Provenance ({path})\n\n"
     if train is None:
@@ -137,13 +156,13 @@ def _provenance(card: ModelCard, path: Path, train: dict[str, Any] | None) -> st
 
 def _verified(model_path: Path, dvc_lock: Path) -> str:
     """Whether dvc.lock says the evaluate stage scored this very file."""
+    rel = Path(os.path.relpath(Path(model_path).absolute(), dvc_lock.absolute().parent)).as_posix()
     try:
         lock = yaml.safe_load(dvc_lock.read_text(encoding="utf-8"))
         deps = lock["stages"]["evaluate"]["deps"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        recorded = next((d.get("md5") for d in deps if isinstance(d, dict) and d.get("path") == rel), None)
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # ValueError: not UTF-8
         return f"Not checked against the model file ({dvc_lock} has no evaluate stage here)."
-    rel = Path(os.path.relpath(Path(model_path).absolute(), dvc_lock.absolute().parent)).as_posix()
-    recorded = next((d.get("md5") for d in deps if isinstance(d, dict) and d.get("path") == rel), None)
     actual = hashlib.md5(Path(model_path).read_bytes()).hexdigest()  # noqa: S324 - DVC's own file hash
     if recorded == actual:
         return f"Scored on this very model file ({dvc_lock}: evaluate's {rel}, md5 {actual})."
