@@ -16,7 +16,11 @@ from vitpipe.model import onnx_backbone
 from vitpipe.model.classifier import build_model
 from vitpipe.model.features import Extractor, FeatureCache, view_seed, weights_digest
 from vitpipe.model.onnx_backbone import OnnxBackbone
-from vitpipe.model.transforms import build_eval_transform, build_train_transform, eval_spec
+from vitpipe.model.transforms import (
+    build_eval_transform,
+    build_train_transform,
+    eval_spec,
+)
 from vitpipe.params import DataParams, ModelParams, SyntheticParams
 
 CPU = torch.device("cpu")
