@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_params
-from test_pipeline import _run, repo_copy  # noqa: F401 - repo_copy is a fixture
+from repo_copy import run as _run
 
 from vitpipe.cli import main
 from vitpipe.errors import VitpipeError
