@@ -166,7 +166,8 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="folder to write (default: models/onnx or models/timm); "
                    "created, or replaced when it holds only a previous export")
     p.add_argument("--metrics", type=Path, default=Path("metrics"),
-                   help="timm: the model card quotes test.json, data.json and train.json from here")
+                   help="timm: the model card quotes test.json, per_class.json, data.json, train.json and "
+                        "train_provenance.json from here")
     p.set_defaults(func=_cmd_export)
 
 
