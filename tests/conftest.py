@@ -89,3 +89,9 @@ def train_results(out: Path) -> tuple[dict[str, bytes], bytes, bytes]:
     """What the train stage wrote in ``out``, as bytes: DVCLive's files, the model (its provenance
     included) and train.json (equal runs, equal bytes: no timestamps, no timings)."""
     return live_files(out), (out / "model.safetensors").read_bytes(), (out / "train.json").read_bytes()
+@pytest.fixture()
+def repo_copy(tmp_path) -> tuple[Path, dict[str, str]]:
+    """The project's files in a fresh git repo, without any outputs (see tests/repo_copy.py)."""
+    from repo_copy import copy_repo
+
+    return copy_repo(tmp_path)

@@ -6,9 +6,7 @@ curves in `dvc plots show`, and a `dvc repro` that leaves git status clean."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import yaml
 from conftest import REPO
 from dvc.repo import Repo
 from PIL import Image
+from repo_copy import copy_repo
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -44,25 +43,14 @@ def _run(work: Path, env: dict[str, str], *args: str, ok: bool = True) -> subpro
 def tiny_repo(tmp_path) -> tuple[Path, dict[str, str]]:
     """The project's files in a fresh git repo, without outputs, with tiny params: 3 synthetic classes
     of 8/4/4 images at 48 px and timm's test_vit at 32 px (a whole `dvc repro` takes seconds)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
-    work = tmp_path / "repo"
-    for name in filter(None, files):
-        if (REPO / name).is_file() and not name.startswith(("metrics/", "dvclive/", "dvc.lock")):
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, work / name)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["data"]["synthetic"].update(classes=3, train_per_class=8, valid_per_class=4, test_per_class=4,
-                                       image_size=48)
-    params["model"].update(name="test_vit", img_size=32, head_hidden=16)
-    params["train"].update(epochs=2, batch_size=8, val_batch_size=8, num_workers=0)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "HOME": str(tmp_path / "home")}
+    def tiny(params: dict) -> None:
+        params["data"]["synthetic"].update(classes=3, train_per_class=8, valid_per_class=4, test_per_class=4,
+                                           image_size=48)
+        params["model"].update(name="test_vit", img_size=32, head_hidden=16)
+        params["train"].update(epochs=2, batch_size=8, val_batch_size=8, num_workers=0)
+
+    work, env = copy_repo(tmp_path, edit_params=tiny, env={"HOME": str(tmp_path / "home")})
     env.pop("VITPIPE_CACHE_DIR", None)  # each test says where the feature cache goes
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
-                ["git", "config", "user.name", "ci"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        _run(work, env, *cmd)
     return work, env
 
 

@@ -226,3 +226,19 @@ def test_a_full_cache_costs_the_checkpoints_not_the_run(tmp_path, work):
     warned = [ln for ln in proc.stderr.splitlines() if "no checkpoints this run" in ln]
     assert len(warned) == 1 and "No space left on device" in warned[0] and "checkpoints" in warned[0]
     assert json.loads((cwd / "train.json").read_text())["epochs_run"] == 3
+def test_a_read_only_cache_folder_warns_and_the_onnxruntime_feature_pass_goes_on(tmp_path, work):
+    """train.feature_runtime: onnxruntime with the whole cache folder on a read-only tmpfs: the ONNX export
+    and the features are computed for the run, with a warning each, and the model is written."""
+    cwd = tmp_path / "w"
+    shutil.copytree(work, cwd)
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["train"].update(feature_runtime="onnxruntime", precision="int8")
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    cache = tmp_path / "cache"
+    proc = _on_tmpfs(cache, "ro", _stage("train.py", *TRAIN_ARGS), cwd,
+                     {**os.environ, "VITPIPE_CACHE_DIR": str(cache)})
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in text, text
+    assert "cannot keep the ONNX backbone" in text and "Read-only file system" in text
+    assert "features not cached, training goes on" in text
+    assert (cwd / "models" / "model.safetensors").is_file()

@@ -45,6 +45,7 @@ TINY = (("model.name", "test_vit"), ("model.img_size", 32), ("model.head_hidden"
 IMAGES = (("train.freeze", "none"), ("train.epochs", 1))  # the image engine (a fine-tune)
 LOOP = (("train.cache_views", 0), ("train.epochs", 1))  # the image engine, frozen backbone: the tutorial's loop
 COSINE = (("train.scheduler", "cosine"),)
+ORT = (("train.feature_runtime", "onnxruntime"), ("train.precision", "fp32"))  # the feature pass on onnxruntime
 SYN = (("data.synthetic.classes", 3), ("data.synthetic.train_per_class", 4), ("data.synthetic.valid_per_class", 2),
        ("data.synthetic.test_per_class", 2), ("data.synthetic.image_size", 32))
 
@@ -106,6 +107,11 @@ TRAIN_CASES = [
     Case("train.augment", "timm", CHANGES, (("train.cache_views", 2),)),
     Case("train.augment", "timm", REFUSED),
     Case("train.precision", "fp32", CHANGES),
+    Case("train.precision", "int8", CHANGES, ORT),
+    Case("train.precision", "int8", REFUSED),  # torch runs bf16 or fp32
+    Case("train.feature_runtime", "onnxruntime", CHANGES, (("train.precision", "fp32"),)),
+    Case("train.feature_runtime", "onnxruntime", REFUSED),  # the default bf16 does not run on onnxruntime
+    Case("train.feature_runtime", "onnxruntime", REFUSED, IMAGES + (("train.precision", "fp32"),)),
     Case("train.channels_last", False, SAME, IMAGES),
     Case("train.compile", True, REFUSED),  # takes effect on the image engine: test_compile_takes_effect
     Case("train.cache_views", 2, CHANGES),

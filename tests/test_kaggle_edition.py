@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import BUTTERFLIES
-from test_pipeline import _run, _stages_run, repo_copy  # noqa: F401  (repo_copy is a fixture)
+from repo_copy import run as _run
+from repo_copy import stages_run as _stages_run
 
 pytestmark = pytest.mark.slow
 

@@ -60,6 +60,13 @@ def test_scientific_notation_from_dvc_exp_run_is_a_float():
         ("train:\n  mixup: -1\n", "train.mixup"),
         ("train:\n  cache_views: -1\n", "train.cache_views"),
         ("train:\n  precision: fp16\n", "train.precision"),
+        ("train:\n  feature_runtime: tensorrt\n", "train.feature_runtime"),
+        ("train:\n  feature_runtime: 1\n", "train.feature_runtime"),
+        ("train:\n  feature_runtime: [onnxruntime]\n", "train.feature_runtime"),
+        ("train:\n  feature_runtime: ''\n", "train.feature_runtime"),
+        ("train:\n  precision: int8\n", "train.precision"),  # torch runs bf16 or fp32
+        ("train:\n  precision: INT8\n  feature_runtime: onnxruntime\n", "train.precision"),
+        ("train:\n  feature_runtime: onnxruntime\n", "train.precision"),  # the default bf16 has no ORT kernels
         ("train:\n  compile: yes please\n", "train.compile"),
         ("train:\n  lrr: 0.1\n", "train.lrr"),
         ("model:\n  dropout: 1.5\n", "model.dropout"),
@@ -216,6 +223,13 @@ def test_cli_params_option_is_read_or_refused_never_replaced_by_defaults(tmp_pat
         ("train:\n  min_lr: 0.00001\n", "train.min_lr", "train.scheduler: cosine"),
         ("train:\n  scheduler: cosine\n  step_size: 5\n", "train.step_size", "train.scheduler: step"),
         ("train:\n  scheduler: cosine\n  gamma: 0.5\n", "train.gamma", "train.scheduler: step"),
+        # onnxruntime computes the cached features: a trained backbone or the image engine has none
+        ("train:\n  feature_runtime: onnxruntime\n  precision: int8\n  freeze: none\n", "train.feature_runtime",
+         "the frozen-backbone feature pass"),
+        ("train:\n  feature_runtime: onnxruntime\n  precision: fp32\n  unfreeze_epoch: 2\n",
+         "train.feature_runtime", "the frozen-backbone feature pass"),
+        ("train:\n  feature_runtime: onnxruntime\n  precision: fp32\n  cache_views: 0\n", "train.feature_runtime",
+         "train.cache_views >= 1"),
         # the download stage checks the data keys against the source it fetches
         ("data:\n  sha256: " + "a" * 64 + "\n", "data.sha256", "an https:// data.source"),
         ("data:\n  source: /photos\n  synthetic:\n    classes: 3\n", "data.synthetic.classes", "data.source: synthetic"),
@@ -241,8 +255,34 @@ def test_a_key_set_where_it_is_not_used_is_refused_naming_what_to_change(text, k
     "train:\n  backbone_lr_scale: 0.1\n  unfreeze_epoch: 1\n",
     "train:\n  min_lr: 0.00001\n  scheduler: cosine\n",
     "train:\n  freeze: none\n  cache_views: 1\n",  # the default value is never refused
+    "train:\n  feature_runtime: onnxruntime\n  precision: int8\n",
+    "train:\n  feature_runtime: onnxruntime\n  precision: fp32\n  cache_views: 4\n  augment: timm\n",
     "data:\n  sha256: " + "a" * 64 + "\n  source: https://example.org/b.zip\n",
 ])
 def test_the_same_keys_are_accepted_where_they_apply(text):
     params = parse_params(yaml.safe_load(text))
     params.data.refuse_unused(params.data.source)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("data:\n  drop_classes: [[a]]\n", "data.drop_classes"),  # was a TypeError (unhashable) traceback
+    ("data:\n  drop_classes: [{a: 1}]\n", "data.drop_classes"),
+    ("train: 0\n", "train"),  # a section that is a scalar was read as empty: every key at its default
+    ("train: false\n", "train"),
+    ("train: []\n", "train"),
+    ("data: ''\n", "data"),
+    # the first epoch always counts as a gain, so 9 epochs without one end the run at its last epoch anyway
+    ("train:\n  patience: 9\n", "train.patience"),
+    ("train:\n  epochs: 3\n  patience: 5\n", "train.patience"),
+])
+def test_hostile_values_of_sections_and_new_keys_are_one_line_naming_the_key(text, key):
+    with pytest.raises(VitpipeError) as err:
+        parse_params(yaml.safe_load(text))
+    message = str(err.value)
+    assert key in message and "\n" not in message
+
+
+def test_patience_that_can_stop_a_run_early_is_accepted():
+    assert parse_params(yaml.safe_load("train:\n  patience: 8\n")).train.patience == 8  # epochs 10
+    assert parse_params(yaml.safe_load("train:\n  epochs: 3\n  patience: 1\n")).train.patience == 1
+    assert parse_params(yaml.safe_load("train:\n")).train == parse_params({}).train  # an empty section

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, history
+from conftest import history
 from PIL import Image
+from repo_copy import run as _run
+from repo_copy import stages_run as _stages_run
 
 from vitpipe.model.model_file import load_model
 
@@ -25,40 +24,12 @@ METRIC_FILES = ("metrics/data.json", "metrics/data_totals.json", "metrics/train.
                 "metrics/per_class.csv", "metrics/per_class.json", "metrics/predictions.csv", "dvclive")
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
-@pytest.fixture()
-def repo_copy(tmp_path) -> tuple[Path, dict[str, str]]:
-    """The project's files (tracked and new, not ignored) in a fresh git repo, without any outputs."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
-    work = tmp_path / "repo"
-    for name in filter(None, files):
-        if (REPO / name).is_file() and not name.startswith(("metrics/", "dvclive/", "dvc.lock")):
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, work / name)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "VITPIPE_CACHE_DIR": str(tmp_path / "feature-cache"), "DVC_NO_ANALYTICS": "1"}
-    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
-                ["git", "config", "user.name", "ci"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        _run(cmd, work, env)
-    return work, env
-
-
 def _read_metrics(work: Path) -> dict[str, bytes]:
     paths = [p for name in METRIC_FILES for p in ([work / name] if (work / name).is_file()
                                                    else sorted((work / name).rglob("*")))]
     assert len(paths) > len(METRIC_FILES) + 4, paths  # DVCLive's folder holds one TSV per metric
     return {p.relative_to(work).as_posix(): p.read_bytes() for p in paths if p.is_file()} | {
         "dvc.lock": (work / "dvc.lock").read_bytes(), "model": (work / "models" / "model.safetensors").read_bytes()}
-
-
-def _stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def test_default_pipeline_runs_offline_reproducibly_and_reruns_only_what_changed(repo_copy, tmp_path):

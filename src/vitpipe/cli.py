@@ -115,7 +115,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         root, name = resolve_data(args.data, params.data, Path(scratch))
         if not args.cache_only:
             result = run_bench(params, root, out=args.out, data_name=name, skip_loop=args.skip_loop,
-                               loop_workers=args.loop_workers, views=args.views, precisions=args.precisions)
+                               loop_workers=args.loop_workers, views=args.views, precisions=args.precisions,
+                               runtimes=args.runtimes)
             print(format_table(result))  # noqa: T201 - the table is this command's output
         if not args.skip_cache:
             with tempfile.TemporaryDirectory(prefix="vitpipe-bench-cache-") as work:
@@ -129,6 +130,15 @@ def _precision_list(text: str) -> tuple[str, ...]:
     values = tuple(part.strip() for part in text.split(",") if part.strip())
     if not values or any(v not in ("bf16", "fp32") for v in values):
         raise argparse.ArgumentTypeError(f"must be bf16 and/or fp32, comma-separated, got {text!r}")
+    return values
+
+
+def _runtime_list(text: str) -> tuple[str, ...]:
+    from vitpipe.bench.bench import RUNTIMES
+
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not values or any(v not in RUNTIMES for v in values):
+        raise argparse.ArgumentTypeError(f"must be {', '.join(RUNTIMES)}, comma-separated, got {text!r}")
     return values
 
 
@@ -149,10 +159,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if not args.format:
         raise VitpipeError("--format: give onnx or timm, e.g. `vitpipe export --format onnx`.")
+    if args.metrics is not None and args.format == "onnx":
+        raise VitpipeError("--metrics: --format onnx quotes no metrics (the timm folder's model card does); "
+                           "drop --metrics.")
+    if args.metrics is not None and not args.metrics.is_dir():
+        raise VitpipeError(f"--metrics {args.metrics}: not a folder; give the folder holding test.json, data.json "
+                           f"and per_class.json (default: metrics).")
     # quoted in the timm folder's model card: the --params file, else ./params.yaml when there is one
     params = load_params(args.params) if args.params is not None else (
         load_params(PARAMS_FILE) if PARAMS_FILE.exists() else None)
-    for path in export_model(args.model, args.format, args.out, metrics_dir=args.metrics, params=params):
+    metrics = Path("metrics") if args.metrics is None else args.metrics
+    for path in export_model(args.model, args.format, args.out, metrics_dir=metrics, params=params):
         print(path)  # noqa: T201 - the files written are this command's output
     return 0
 
@@ -165,9 +182,9 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
                         "model.safetensors and README.md (needs model.head_hidden: 0)")
     p.add_argument("--out", type=Path, help="folder to write (default: models/onnx or models/timm); "
                    "created, or replaced when it holds only a previous export")
-    p.add_argument("--metrics", type=Path, default=Path("metrics"),
-                   help="timm: the model card quotes test.json, per_class.json, data.json, train.json and "
-                        "train_provenance.json from here")
+    p.add_argument("--metrics", type=Path, default=None,
+                   help="timm: the model card quotes test.json, per_class.json and data.json from here "
+                        "(default: metrics)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -238,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=_int_list, default=(),
                    help="comma-separated train.cache_views values, one vitpipe run each (default: params.yaml's)")
     p.add_argument("--precisions", type=_precision_list, default=(),
-                   help="comma-separated train.precision values (bf16,fp32), one vitpipe run each")
+                   help="comma-separated train.precision values (bf16,fp32), one vitpipe run each (torch)")
+    p.add_argument("--runtimes", type=_runtime_list, default=(),
+                   help="comma-separated feature runtimes: torch (with --precisions), onnxruntime-fp32, "
+                   "onnxruntime-int8; one vitpipe run each")
     p.add_argument("--added", type=_positive_int, default=50,
                    help="feature cache row: train images held back, then added (default: 50)")
     which = p.add_mutually_exclusive_group()

@@ -80,6 +80,9 @@ _TRAIN_APPLIES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_delta": (lambda t: t.patience is not None, "train.patience (early stopping is off)"),
     "cache_views": (lambda t: not t.backbone_ever_trains,
                     "a frozen backbone (train.freeze: backbone without train.unfreeze_epoch)"),
+    "feature_runtime": (lambda t: t.uses_feature_cache,
+                        "the frozen-backbone feature pass: train.freeze: backbone without train.unfreeze_epoch, "
+                        "and train.cache_views >= 1"),
 }
 
 _DATA_APPLIES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -208,7 +211,11 @@ class TrainParams:
     ema_decay: float = _p(0.0, "e.g. 0.999: validate and keep an EMA of the weights (0 = off)", ge=0.0, lt=1.0)
     grad_clip: float = _p(0.0, "max gradient norm (0 = off)", ge=0.0)
     augment: Literal["seed", "timm"] = _p("seed", "seed (the tutorial's transforms) | timm (timm's training transforms)")
-    precision: Literal["bf16", "fp32"] = _p("bf16", "bf16 autocast (CPU and CUDA) | fp32 (the tutorial)")
+    precision: Literal["bf16", "fp32", "int8"] = _p(
+        "bf16", "bf16 autocast (CPU and CUDA) | fp32 (the tutorial) | int8 (train.feature_runtime: onnxruntime only: "
+        "dynamic quantization)")
+    feature_runtime: Literal["torch", "onnxruntime"] = _p(
+        "torch", "frozen-backbone feature pass on torch | onnxruntime (CPU; train.precision fp32 or int8)")
     channels_last: bool = _p(True, "channels_last memory format (CUDA only)")
     compile: bool = _p(False, "torch.compile the model (image engine)")
     cache_views: int = _p(1, "frozen backbone: cached views per image (1: eval view only, no augmentation); "
@@ -221,6 +228,11 @@ class TrainParams:
     def __post_init__(self) -> None:
         if self.warmup_epochs >= self.epochs:
             _fail("train.warmup_epochs", f"must be < train.epochs ({self.epochs})", self.warmup_epochs)
+        if self.patience is not None and self.patience >= self.epochs - 1:
+            # the first epoch always counts as a gain: the counter reaches epochs - 1 at the last epoch
+            _fail("train.patience", f"must be < train.epochs - 1 ({self.epochs - 1}) to ever stop a run early "
+                  f"(the first epoch always counts as a gain); lower it, or set null to train every epoch",
+                  self.patience)
         if self.unfreeze_epoch is not None:
             if self.freeze != "backbone":
                 _fail("train.unfreeze_epoch", "needs train.freeze: backbone", self.unfreeze_epoch)
@@ -233,6 +245,12 @@ class TrainParams:
             _fail("train.class_weights", "cannot be combined with train.mixup or train.cutmix (mixed targets "
                   "have no single class to weight); set it to none or turn mixup/cutmix off", self.class_weights)
         _refuse_inert(self, "train", _TRAIN_APPLIES)
+        if self.precision == "int8" and self.feature_runtime != "onnxruntime":
+            _fail("train.precision", "int8 needs train.feature_runtime: onnxruntime (torch runs bf16 or fp32)",
+                  self.precision)
+        if self.feature_runtime == "onnxruntime" and self.precision == "bf16":
+            _fail("train.precision", "bf16 does not run on onnxruntime (its CPU kernels have no bf16 MatMul); with "
+                  "train.feature_runtime: onnxruntime set fp32 or int8", self.precision)
 
     def backbone_trains(self, epoch: int) -> bool:
         """Whether the backbone takes gradients in ``epoch`` (``freeze: none``, or from ``unfreeze_epoch`` on)."""
@@ -346,9 +364,10 @@ def _names(key: str, value: Any, *, mapping: bool) -> Any:
         return {_name(key, k): _name(key, v) for k, v in value.items()}
     if not isinstance(value, (list, tuple)):
         _fail(key, "must be a list such as [NAME, OTHER NAME] ([] for none)", value)
-    if len(set(value)) != len(value):
+    names = [_name(key, v) for v in value]  # strings first: a nested list is not hashable
+    if len(set(names)) != len(names):
         _fail(key, "lists a name twice", value)
-    return [_name(key, v) for v in value]
+    return names
 
 
 def _check_limits(key: str, value: Any, meta: dict[str, Any]) -> None:
@@ -393,7 +412,8 @@ def parse_params(raw: Any) -> Params:
                                f"{', '.join(hints)}. Remove or rename it.")
     values = {}
     for section, cls in hints.items():
-        body = raw.get(section) or {}
+        body = raw.get(section)
+        body = {} if body is None else body  # `train:` alone is empty; `train: 0` or `train: []` is not
         if not isinstance(body, dict):
             _fail(section, "must be a mapping of keys", body)
         values[section] = _build(cls, body, section)

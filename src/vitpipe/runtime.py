@@ -106,11 +106,13 @@ def configure(device: torch.device, precision: str) -> None:
 
 # The libraries whose code decides the numbers: a checkpoint (and a cached result) keys on their versions.
 SHAPING_LIBRARIES = ("torch", "torchvision", "timm", "numpy", "pillow", "safetensors")
+# ... and those of the onnxruntime feature pass (train.feature_runtime: onnxruntime), when it runs.
+ONNX_LIBRARIES = ("onnx", "onnxscript", "onnxruntime")
 
 
-def library_versions() -> dict[str, str]:
-    """``{"torch": "2.14.1", ...}`` for :data:`SHAPING_LIBRARIES`, as installed."""
-    return {name: importlib.metadata.version(name) for name in SHAPING_LIBRARIES}
+def library_versions(*extra: str) -> dict[str, str]:
+    """``{"torch": "2.14.1", ...}`` for :data:`SHAPING_LIBRARIES` and ``extra``, as installed."""
+    return {name: importlib.metadata.version(name) for name in (*SHAPING_LIBRARIES, *extra)}
 
 
 def code_digest(*parts: str) -> str:

@@ -122,6 +122,50 @@ def test_cli_bench_feature_cache_row(tiny_data: Path, tmp_path: Path, capsys: py
     assert "## Feature cache" in out.read_text() and rows[0]["warm read s"] in capsys.readouterr().out
 
 
+def test_cli_bench_runtimes_give_one_row_each_from_a_cold_cache_folder(tiny_data: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    monkeypatch.setenv("VITPIPE_CACHE_DIR", str(tmp_path / "user-cache"))
+    params = tmp_path / "params.yaml"
+    params.write_text("model: {head_hidden: 16}\ntrain: {num_workers: 0, batch_size: 8}\n")
+    out = tmp_path / "BENCH.md"
+    code = main(["--params", str(params), "bench", "--data", str(tiny_data), "--out", str(out), "--epochs", "1",
+                 "--model", "test_vit", "--img-size", "32", "--skip-loop", "--skip-cache",
+                 "--runtimes", "torch,onnxruntime-fp32,onnxruntime-int8"])
+    assert code == 0
+    rows = _table(out)
+    assert [r["method"] for r in rows] == [f"{VITPIPE} (cache_views=1, bf16)",
+                                           f"{VITPIPE} (cache_views=1, onnxruntime fp32)",
+                                           f"{VITPIPE} (cache_views=1, onnxruntime int8)"]
+    for row in rows:
+        assert _fraction(row["test acc"])[2] == 12 and float(row["backbone img/s"]) > 0
+    assert not (tmp_path / "user-cache").exists()  # each run's cache folder (its ONNX export too) was its own
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--runtimes", "tensorrt"], "--runtimes: must be torch, onnxruntime-fp32, onnxruntime-int8"),
+    (["--runtimes", ","], "--runtimes: must be torch"),
+    (["--runtimes", "onnxruntime-bf16"], "--runtimes: must be torch"),
+    (["--precisions", "int8"], "--precisions: must be bf16 and/or fp32"),
+])
+def test_cli_bench_bad_runtime_is_one_line_error(tiny_data: Path, tmp_path: Path, capsys, args, message) -> None:
+    try:
+        code = main(["bench", "--data", str(tiny_data), "--out", str(tmp_path / "B.md"), "--skip-loop", *args])
+    except SystemExit as exit_:  # argparse's own refusal: usage and one error line
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_bench_refuses_bf16_on_an_onnxruntime_params_file_in_one_line(tiny_data: Path, tmp_path: Path,
+                                                                      capsys) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("train: {feature_runtime: onnxruntime, precision: int8}\n")
+    code = main(["--params", str(params), "bench", "--data", str(tiny_data), "--out", str(tmp_path / "B.md"),
+                 "--skip-loop", "--skip-cache", "--model", "test_vit", "--img-size", "32", "--precisions", "bf16"])
+    err = capsys.readouterr().err
+    assert code == 2 and "train.precision bf16 does not run on onnxruntime" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(("added", "message"), [("0", "must be at least 1"), ("30", "--added 30: must be between 1")])
 def test_cli_bench_bad_added_is_one_line_error(tiny_data: Path, tmp_path: Path, capsys, added, message) -> None:
     args = ["bench", "--data", str(tiny_data), "--out", str(tmp_path / "B.md"), "--cache-only", "--model",

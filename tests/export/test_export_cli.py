@@ -149,9 +149,32 @@ def test_a_write_the_system_refuses_is_one_line(model_path, tmp_path, capsys, mo
 
 
 def test_a_model_over_the_single_file_onnx_limit_is_one_line(model_path, tmp_path, capsys, monkeypatch):
-    import vitpipe.export.onnx_file as onnx_file
+    import vitpipe.model.onnx_backbone as onnx_backbone
 
-    monkeypatch.setattr(onnx_file, "MAX_WEIGHT_BYTES", 1000)  # test_vit's weights: about 1.7 MB
+    monkeypatch.setattr(onnx_backbone, "MAX_WEIGHT_BYTES", 1000)  # test_vit's weights: about 1.7 MB
     _refused(["--model", str(model_path), "--format", "onnx", "--out", str(tmp_path / "o")], capsys,
              "over the 2 GiB a single-file ONNX model can hold; use --format timm")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_metrics_folder_that_is_not_one_or_is_not_used_is_refused(model_path, tmp_path, capsys):
+    """Before: --metrics naming nothing, a file, or given with --format onnx (which quotes no metrics)
+    was accepted without a word."""
+    (tmp_path / "file").write_text("x")
+    base = ["--model", str(model_path), "--out", str(tmp_path / "o")]
+    _refused([*base, "--format", "timm", "--metrics", str(tmp_path / "absent")], capsys, "--metrics")
+    _refused([*base, "--format", "timm", "--metrics", str(tmp_path / "file")], capsys, "not a folder")
+    _refused([*base, "--format", "onnx", "--metrics", str(tmp_path)], capsys, "--format onnx quotes no metrics")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("out", ["", ".", "..", "../.."])
+def test_out_that_is_the_current_folder_or_above_it_is_refused_before_the_export(model_path, tmp_path, capsys,
+                                                                                 monkeypatch, out):
+    """Before: `--out ''` in an empty folder exported, then failed renaming onto the current folder
+    ("Device or resource busy ... free space")."""
+    cwd = tmp_path / "a" / "b" / "empty"
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    _refused(["--model", str(model_path), "--format", "onnx", "--out", out], capsys, "the current folder")
+    assert list(cwd.iterdir()) == []

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_pipeline import _run, _stages_run, repo_copy  # noqa: F401 - repo_copy is a fixture
+from repo_copy import run as _run
+from repo_copy import stages_run as _stages_run
 
 from vitpipe.data.images import load_rgb
 from vitpipe.export.onnx_file import ExportedLogits

@@ -182,6 +182,32 @@ def test_an_onnx_file_without_the_vitpipe_card_is_refused(backbone_onnx, photos,
     assert rc == 2 and "not a vitpipe model file" in err and "Traceback" not in err
 
 
+def _with_card(graph: Path, card_from: Path, out: Path, *, classes: list[str] | None = None) -> Path:
+    """``graph`` carrying the vitpipe card of ``card_from`` (its class list replaced by ``classes``)."""
+    model, source = onnx.load(str(graph)), onnx.load(str(card_from))
+    del model.metadata_props[:]
+    for prop in source.metadata_props:
+        value = prop.value
+        if prop.key == "vitpipe" and classes is not None:
+            value = json.dumps({**json.loads(value), "classes": classes})
+        model.metadata_props.add(key=prop.key, value=value)
+    onnx.save(model, str(out))
+    return out
+
+
+def test_a_graph_that_does_not_fit_its_card_is_refused_at_load(tmp_path, backbone_onnx, onnx_path, photos, capsys):
+    """Before: a card on another graph (the backbone's: output features, not logits) or a class list
+    longer or shorter than the graph's logits ended in a ValueError or IndexError traceback mid-predict."""
+    cases = {_with_card(backbone_onnx, onnx_path, tmp_path / "backbone.onnx"): "has no output 'logits'",
+             _with_card(onnx_path, onnx_path, tmp_path / "two.onnx", classes=["a", "b"]): "2 class names",
+             _with_card(onnx_path, onnx_path, tmp_path / "many.onnx", classes=[str(i) for i in range(99)]):
+                 "99 class names"}
+    for path, expected in cases.items():
+        rc = main(["predict", str(photos[0]), "--model", str(path)])
+        err = capsys.readouterr().err
+        assert rc == 2 and expected in err and str(path) in err and "Traceback" not in err, err
+
+
 def test_backbone_export_fp32_equals_pytorch_and_int8_stays_close(backbone, backbone_onnx, tmp_path, batch):
     fp32 = open_session(backbone_onnx)
     int8 = open_session(export_backbone(backbone, tmp_path / "int8.onnx", input_size=32, int8=True))

@@ -165,3 +165,26 @@ def test_an_mlp_head_is_refused_in_one_line(tmp_path, classes, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "model.head_hidden is 16" in err and "model.head_hidden: 0" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("lock", [b"\xff\xfe not UTF-8", b"stages:\n  evaluate:\n    deps: 5\n"])
+def test_metrics_and_dvc_lock_of_another_shape_are_not_quoted_and_never_a_traceback(model_path, tmp_path, classes,
+                                                                                    monkeypatch, capsys, lock):
+    """Before: a KeyError, ValueError, AttributeError or UnicodeDecodeError traceback for each of these."""
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    write_json(odd / "test.json", {"n_images": "many"})  # no numbers
+    write_json(odd / "per_class.json", [{"class": c} for c in classes])  # the class names, but no numbers
+    write_json(odd / "data.json", {"classes": list(classes), "splits": [1], "duplicates": 3})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.lock").write_bytes(lock)
+    rc = main(["export", "--model", str(model_path), "--format", "timm", "--out", "out", "--metrics", str(odd)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err, err
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert f"{odd / 'test.json'}: not laid out as vitpipe writes it" in readme
+    assert f"{odd / 'data.json'}: not laid out as vitpipe writes it" in readme
+    write_json(odd / "test.json", {"accuracy": "high", "correct": 1, "n_images": 2})
+    write_json(odd / "per_class.json", [{"class": c, "correct": 0, "support": 1, "accuracy": 0.0} for c in classes])
+    assert main(["export", "--model", str(model_path), "--format", "timm", "--out", "out", "--metrics", str(odd)]) == 0
+    assert f"{odd / 'test.json'}: not laid out as vitpipe writes it" in (tmp_path / "out" / "README.md").read_text()

@@ -13,9 +13,9 @@ import torch
 from conftest import history, tiny_params, train_outputs, train_results
 
 from vitpipe.data.index import DatasetIndex
+from vitpipe.errors import VitpipeError
 from vitpipe.runtime import library_versions
 from vitpipe.train import training
-from vitpipe.errors import VitpipeError
 from vitpipe.train.checkpoint import Progress, checkpoint_path, restore
 from vitpipe.train.resume import key_changes, key_digest, key_parts
 from vitpipe.train.training import run_training

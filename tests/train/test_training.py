@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import REPO, history, live_files, tiny_params, train_outputs, train_results
+from conftest import (
+    REPO,
+    history,
+    live_files,
+    tiny_params,
+    train_outputs,
+    train_results,
+)
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.loss import LabelSmoothingCrossEntropy
@@ -32,11 +39,10 @@ from vitpipe.model.transforms import (
     eval_spec,
 )
 from vitpipe.params import ModelParams, Params
-from vitpipe.train.recipe import build_loss, build_optimizer, build_scheduler
 from vitpipe.train.checkpoint import checkpoint_path
+from vitpipe.train.recipe import build_loss, build_optimizer, build_scheduler
 from vitpipe.train.resume import key_parts
 from vitpipe.train.training import run_training
-
 
 _outputs = train_outputs
 

@@ -8,12 +8,14 @@ and writing its model and metrics). Both best-val models then score every test i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +26,8 @@ from scipy.stats import binomtest
 
 from vitpipe.bench.memory import PeakMemory, release_free_memory
 from vitpipe.bench.tutorial import TUTORIAL_WORKERS, evaluate_tutorial, train_tutorial
-from vitpipe.check.datacheck import check_dataset, refusal_reasons
+from vitpipe.cachedir import ENV
+from vitpipe.check.datacheck import check_dataset, refused
 from vitpipe.data.index import DatasetIndex, Sample
 from vitpipe.download.synthetic import generate
 from vitpipe.errors import VitpipeError
@@ -32,6 +35,7 @@ from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
 from vitpipe.fileio import write_text
 from vitpipe.model.features import Extractor, FeatureCache
 from vitpipe.params import DataParams, Params, parse_params
+from vitpipe.report.markdown import md_header, md_row
 from vitpipe.runtime import describe_device, resolve_device
 from vitpipe.train.training import TrainOutputs, run_training
 
@@ -51,8 +55,9 @@ MLP head, label smoothing, Adam, StepLR) twice, in one process, on the same data
 - **{LOOP}**: the tutorial's per-epoch loop, faithfully (`src/vitpipe/tutorial.py`): one ImageFolder
   per split, batch 128/32, shuffle, 4 DataLoader workers, fp32, every train image through the frozen
   backbone in every epoch;
-- **{VITPIPE}**: vitpipe's train stage (`run_training`) with an EMPTY feature cache, so its time
-  includes the one backbone pass per image and view (`train.cache_views`, `train.precision`).
+- **{VITPIPE}**: vitpipe's train stage (`run_training`) with an EMPTY cache folder, so its time
+  includes the one backbone pass per image and view (`train.cache_views`, `train.precision`; on
+  `train.feature_runtime: onnxruntime`, the backbone's ONNX export too).
   With `train.cache_views: 1` (the default) the head trains on the eval view alone: NO augmentation,
   where the loop draws fresh flips and erasing every epoch; the two sides do not train the same recipe.
 
@@ -60,7 +65,7 @@ Columns: **train s**: wall seconds of training only (model and loaders built, ev
 validation pass, best weights kept; vitpipe also writes its model and metrics), not the test pass.
 **recipe img/s**: epochs x train images / train s. **backbone img/s**: images through the backbone per
 second: the loop, epochs x (train + valid) / train s; vitpipe, the images of its feature pass / that
-pass's seconds. **speedup**: the loop's train s / this row's. **test acc**: over EVERY test image, with
+pass's seconds (onnxruntime rows: the one-off ONNX export, cached after, is in train s, not here). **speedup**: the loop's train s / this row's. **test acc**: over EVERY test image, with
 (correct/images); **test acc 95% CI**: its Wilson score interval (on 50 test images about +-0.13, so
 one run tells apart only large differences); **minus loop's (95% CI)**: this row's test accuracy minus
 the loop's, with Newcombe's interval for a difference of two proportions (an interval holding 0: no
@@ -144,17 +149,35 @@ def resolve_data(data: Path | None, params: DataParams, scratch: Path) -> tuple[
 
 
 class _TimedCache(FeatureCache):
-    """A feature cache that adds up the seconds its requests take (``computed`` counts the images)."""
+    """A feature cache that adds up the seconds its requests take (``computed`` counts the images), less
+    an onnxruntime backbone's one-off export (``export_seconds``)."""
 
     def __init__(self, root: Path):
         super().__init__(root)
-        self.seconds = 0.0
+        self.seconds = self.export_seconds = 0.0
 
     def features(self, extractor: Extractor, root: Path, samples: Sequence[Sample], **kwargs: Any) -> torch.Tensor:
+        exported = extractor.onnx.export_seconds if extractor.onnx else 0.0
         start = time.perf_counter()
         out = super().features(extractor, root, samples, **kwargs)
-        self.seconds += time.perf_counter() - start
+        export = (extractor.onnx.export_seconds if extractor.onnx else 0.0) - exported
+        self.seconds += time.perf_counter() - start - export
+        self.export_seconds += export
         return out
+
+
+@contextlib.contextmanager
+def _cold_cache_folder(work: Path) -> Iterator[None]:
+    """vitpipe's cache folder (features, ONNX backbones, decoded images) is ``work/cache`` in the block."""
+    before = os.environ.get(ENV)
+    os.environ[ENV] = str(work / "cache")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
 
 
 def _run_loop(params: Params, root: Path, *, workers: int) -> MethodResult:
@@ -176,17 +199,21 @@ def _run_vitpipe(params: Params, index: DatasetIndex, work: Path, *, label: str 
     cache = _TimedCache(work / "features")
     outputs = TrainOutputs(model=work / "model.safetensors", metrics=work / "train.json", live=work / "dvclive",
                            checkpoints=work / "checkpoints")  # a killed bench never resumes: timings stay whole
-    with PeakMemory() as mem:
+    with PeakMemory() as mem, _cold_cache_folder(work):
         start = time.perf_counter()
         train = run_training(params, index, outputs, cache=cache, started=start)
         seconds = time.perf_counter() - start
+    if cache.export_seconds:
+        logger.info("bench: %s: the ONNX export took %.1f s (in train s, not in backbone img/s)", label,
+                    cache.export_seconds)
     backbone_images, backbone_seconds = cache.computed, cache.seconds
     if not backbone_images:  # train.cache_views: 0, the image engine: every image, every epoch, as the loop
         backbone_images = params.train.epochs * (train["train_images"] + train["val_images"])
         backbone_seconds = seconds
-    test = run_evaluation(params, index, outputs.model, cache=cache,
-                          outputs=EvalOutputs(metrics=work / "test.json", per_class=work / "per_class.csv",
-                                              predictions=work / "predictions.csv"))
+    with _cold_cache_folder(work):  # evaluate loads the ONNX backbone that training exported
+        test = run_evaluation(params, index, outputs.model, cache=cache,
+                              outputs=EvalOutputs(metrics=work / "test.json", per_class=work / "per_class.csv",
+                                                  predictions=work / "predictions.csv"))
     return MethodResult(method=label, epochs=params.train.epochs, seconds=seconds,
                         train_images=train["train_images"], backbone_images=backbone_images,
                         backbone_seconds=backbone_seconds,
@@ -212,14 +239,14 @@ def checked_index(root: Path, data: DataParams) -> DatasetIndex:
     """The split-check's index of ``root``; a refused dataset is a :class:`VitpipeError`."""
     result = check_dataset(root, data)
     if result.index is None:
-        reasons, fixes = refusal_reasons(result)
-        raise VitpipeError(f"{root}: refused by the split-check: {reasons}. To fix: {'; '.join(fixes)}.")
+        raise refused(result)
     return result.index
 
 
 def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = None,
               skip_loop: bool = False, loop_workers: int = TUTORIAL_WORKERS,
-              views: Sequence[int] = (), precisions: Sequence[str] = ()) -> BenchResult:
+              views: Sequence[int] = (), precisions: Sequence[str] = (),
+              runtimes: Sequence[str] = ()) -> BenchResult:
     """Runs both sides on ``root`` and appends their rows to the markdown file ``out``.
 
     Args:
@@ -230,7 +257,9 @@ def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = 
         skip_loop: run vitpipe's side only (no speedup then).
         loop_workers: DataLoader workers of the tutorial loop (the tutorial's 4).
         views: run vitpipe once per ``train.cache_views`` value given (default: params.yaml's only).
-        precisions: ... and per ``train.precision`` given (default: params.yaml's only).
+        precisions: ... and per ``train.precision`` given (default: params.yaml's only) on torch ...
+        runtimes: ... and per feature runtime given: ``torch`` (with ``precisions``), ``onnxruntime-fp32``,
+            ``onnxruntime-int8`` (default: params.yaml's ``train.feature_runtime``).
     """
     index = checked_index(Path(root), params.data)
     counts = "/".join(str(len(index.samples(split))) for split in ("train", "valid", "test"))
@@ -239,12 +268,13 @@ def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = 
         _warn_if_not_the_recipe(params)
         results.append(_run_loop(params, Path(root), workers=loop_workers))
         release_free_memory()
-    variants = [(v, p) for v in views or (params.train.cache_views,)
-                for p in precisions or (params.train.precision,)]
-    for n_views, precision in variants:
-        variant = dataclasses.replace(params, train=dataclasses.replace(params.train, cache_views=n_views,
-                                                                        precision=precision))
-        label = VITPIPE if len(variants) == 1 else f"{VITPIPE} (cache_views={n_views}, {precision})"
+    variants = [(v, r, p) for v in views or (params.train.cache_views,)
+                for r, p in _runtime_precisions(params, precisions, runtimes)]
+    for n_views, runtime, precision in variants:
+        variant = dataclasses.replace(params, train=dataclasses.replace(
+            params.train, cache_views=n_views, precision=precision, feature_runtime=runtime))  # checked again
+        what = precision if runtime == "torch" else f"{runtime} {precision}"
+        label = VITPIPE if len(variants) == 1 else f"{VITPIPE} (cache_views={n_views}, {what})"
         with tempfile.TemporaryDirectory(prefix="vitpipe-bench-") as work:
             results.append(_run_vitpipe(variant, index, Path(work), label=label))
         release_free_memory()
@@ -253,6 +283,25 @@ def run_bench(params: Params, root: Path, *, out: Path, data_name: str | None = 
                         data=f"{data_name or Path(root).resolve().name} ({counts})", results=tuple(results))
     append_rows(out, table_rows(bench))
     return bench
+
+
+RUNTIMES = ("torch", "onnxruntime-fp32", "onnxruntime-int8")
+
+
+def _runtime_precisions(params: Params, precisions: Sequence[str], runtimes: Sequence[str]) -> list[tuple[str, str]]:
+    """(feature runtime, precision) of each vitpipe run: torch with each of ``precisions``, onnxruntime-P with P."""
+    if not runtimes:
+        return [(params.train.feature_runtime, p) for p in precisions or (params.train.precision,)]
+    torch_default = params.train.precision if params.train.feature_runtime == "torch" else "bf16"
+    out = []
+    for runtime in runtimes:
+        if runtime not in RUNTIMES:
+            raise VitpipeError(f"--runtimes: {runtime!r} is not one of {', '.join(RUNTIMES)}.")
+        if runtime == "torch":
+            out += [("torch", p) for p in precisions or (torch_default,)]
+        else:
+            out.append(("onnxruntime", runtime.split("-", 1)[1]))
+    return out
 
 
 def _fraction(correct: int, total: int) -> str:
@@ -299,13 +348,13 @@ def table_rows(bench: BenchResult) -> list[str]:
                  _fraction(r.test_correct, r.test_images), _interval(r.test_correct, r.test_images),
                  _versus_loop(bench, r), _fraction(r.val_correct, r.val_images),
                  _mib(r.peak_rss_mib), _mib(r.peak_anon_mib))
-        rows.append("| " + " | ".join(cells) + " |")
+        rows.append(md_row(cells))
     return rows
 
 
 def table_header() -> list[str]:
     """The markdown table's header and alignment lines."""
-    return ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    return md_header(COLUMNS)
 
 
 def append_rows(path: Path, rows: list[str], *, header: list[str] | None = None, section: str = "") -> None:

@@ -25,6 +25,7 @@ from vitpipe.model.features import Extractor, FeatureCache
 from vitpipe.model.featurestore import FILENAME
 from vitpipe.model.transforms import build_eval_transform, eval_spec
 from vitpipe.params import Params
+from vitpipe.report.markdown import md_header, md_row
 from vitpipe.runtime import configure, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -68,12 +69,12 @@ class CacheBench:
         cells = (self.date, self.device, f"{self.data} ({self.images})", str(self.added),
                  f"{self.cold_s:.1f} ({cold})", f"{cold / self.cold_s:.1f}", f"{self.incremental_s:.2f} ({self.computed})", f"{self.warm_s:.3f}",
                  f"{self.store_mib:.3g}", f"{self.whole_pass_s:.1f}", f"{self.whole_read_s:.3f}", f"{self.whole_mib:.3g}")
-        return "| " + " | ".join(cells) + " |"
+        return md_row(cells)
 
 
 def table_header() -> list[str]:
     """The markdown table's header and alignment lines."""
-    return ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    return md_header(COLUMNS)
 
 
 def _timed(fn):
@@ -95,7 +96,7 @@ def run_cache_bench(params: Params, root: Path, *, out: Path, work: Path, data_n
     model, info = build_model(params.model, len(index.classes), seed=params.train.seed)
     eval_tf = build_eval_transform(eval_spec(params.train.augment, info))
     extractor = Extractor.for_backbone(model.backbone.to(device), device, params.train.precision,
-                                       num_workers=params.train.num_workers)
+                                       num_workers=params.train.num_workers, runtime=params.train.feature_runtime)
     step = len(samples) / added
     held = {int(i * step) for i in range(added)}
     base = [s for i, s in enumerate(samples) if i not in held]

@@ -51,18 +51,34 @@ class Finding:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """The outcome of :func:`check_dataset`; ``index`` is None when the dataset is refused."""
+    """The outcome of :func:`check_dataset`: its findings decide everything else.
+
+    The dataset is accepted when no finding is an error; ``index`` is built then, and only then,
+    and ``report["accepted"]`` (metrics/data.json) says the same.
+    """
 
     root: Path
-    accepted: bool
-    errors: list[str]
-    warnings: list[str]
     findings: tuple[Finding, ...]
     index: DatasetIndex | None
     report: dict[str, Any]
     fixes: dict[str, str] = field(default_factory=dict)  # check -> the fix for this dataset, where it differs
     layout: str = ""  # the split root found and any splits carved, as in the download stage's log
     relocated: bool = False  # paths are named as data/raw will hold them, not as they lie under root
+
+    @property
+    def errors(self) -> list[str]:
+        """The error findings' messages: any one refuses the dataset."""
+        return [f.message for f in self.findings if f.level == "error"]
+
+    @property
+    def warnings(self) -> list[str]:
+        """The warning findings' messages."""
+        return [f.message for f in self.findings if f.level == "warning"]
+
+    @property
+    def accepted(self) -> bool:
+        """No error finding (the index exists exactly then)."""
+        return self.index is not None
 
 
 def _layout_findings(tree: DatasetTree) -> list[Finding]:
@@ -216,10 +232,7 @@ def check_dataset(root: Path, data: DataParams) -> CheckResult:
                                  for s in group), key=lambda sample: sample.path))
             for split in SPLITS}, class_aliases=dict(data.class_aliases), dropped_classes=tuple(sorted(rec.dropped)))
     relocated = any(path != root / rel for rel, path in tree.files.items())
-    return CheckResult(root=root, accepted=report["accepted"], index=index, report=report, fixes=fixes,
-                       layout=tree.layout, relocated=relocated,
-                       errors=[f.message for f in findings if f.level == "error"],
-                       warnings=[f.message for f in findings if f.level == "warning"],
+    return CheckResult(root=root, index=index, report=report, fixes=fixes, layout=tree.layout, relocated=relocated,
                        findings=tuple(findings))
 
 
@@ -251,6 +264,13 @@ def refusal_reasons(result: CheckResult) -> tuple[str, list[str]]:
             parts.append(f"{len(errors)} {one if len(errors) == 1 else many} (first: {errors[0].rstrip('.')})")
             fixes.append(result.fixes.get(check, fix))
     return "; ".join(parts), fixes
+
+
+def refused(result: CheckResult) -> VitpipeError:
+    """The one-line error for a refused dataset: what (the first example of each check), how to fix."""
+    reasons, fixes = refusal_reasons(result)
+    return VitpipeError(f"{result.root}: refused: {reasons}. To fix: {'; '.join(fixes)}; see "
+                        f"`vitpipe check-data {result.root}` for the full report.")
 
 
 def _plural(n: int, word: str) -> str:
@@ -319,9 +339,7 @@ def run_split_check(root: Path, data: DataParams, *, index_path: Path, report_pa
         logger.warning("%s: ... and %d more warnings; see `vitpipe check-data %s`",
                        root, len(result.warnings) - LOG_CAP, root)
     if result.index is None:
-        reasons, fixes = refusal_reasons(result)
-        raise VitpipeError(f"{root}: refused: {reasons}. To fix: {'; '.join(fixes)}; see "
-                           f"`vitpipe check-data {root}` for the full report.")
+        raise refused(result)
     result.index.save(index_path)
     write_json(report_path, result.report)
     if totals_path is not None:

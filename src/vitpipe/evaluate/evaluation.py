@@ -61,7 +61,8 @@ def _probabilities(params: Params, index: DatasetIndex, predictor: Predictor, ca
     eval_tf = build_eval_transform(card.eval_transform)
     if card.feature_dtype and not predictor.tta:
         backbone = predictor.model.backbone
-        extractor = Extractor.for_backbone(backbone, device, card.precision, num_workers=params.train.num_workers)
+        extractor = Extractor.for_backbone(backbone, device, card.precision, num_workers=params.train.num_workers,
+                                           runtime=card.feature_runtime)
         feats = cache.features(extractor, index.root, samples, transform=eval_tf, view_seed=None,
                                desc="test view 0")
         with torch.inference_mode():

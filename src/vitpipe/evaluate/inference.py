@@ -7,18 +7,29 @@ from pathlib import Path
 
 import torch
 
+from vitpipe.errors import VitpipeError
 from vitpipe.model.classifier import Classifier
-from vitpipe.model.features import STORAGE_DTYPE
+from vitpipe.model.features import STORAGE_DTYPE, weights_digest
 from vitpipe.model.model_file import ModelCard, load_model
+from vitpipe.model.onnx_backbone import OnnxBackbone
 from vitpipe.runtime import autocast, configure, resolve_device
 
 logger = logging.getLogger(__name__)
 
 
 def load_predictor(model_path: Path, *, device: str, tta: bool) -> Predictor:
-    """The saved model on ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``), set up as evaluate and predict use it."""
+    """The saved model on ``device`` (``auto`` | ``cpu`` | ``cuda[:N]``), set up as evaluate and predict use it.
+
+    A model whose head was trained on onnxruntime features runs on the CPU (``auto`` picks it).
+    """
     resolved = resolve_device(device)
-    model, card = load_model(model_path, device=resolved)
+    model, card = load_model(model_path)
+    if card.feature_runtime == "onnxruntime" and resolved.type != "cpu":
+        if device.strip() != "auto":
+            raise VitpipeError(f"{model_path}: its head was trained on onnxruntime features, computed on the CPU; "
+                               f"use train.device cpu or auto.")
+        resolved = torch.device("cpu")
+    model = model.to(resolved)
     configure(resolved, card.precision)  # scored as it was validated: no TF32 for an fp32 model
     logger.info("model %s: %s, %d classes, on %s", model_path, card.model.name, len(card.classes), resolved)
     return Predictor(model, card, resolved, tta=tta)
@@ -28,11 +39,22 @@ class Predictor:
     """Applies a saved model exactly as it was validated during training.
 
     A head trained on cached features saw them rounded to bf16, so the features are rounded the
-    same way here. With ``tta`` the softmax of the image and of its horizontal flip are averaged.
+    same way here, and computed on onnxruntime when they were (``card.feature_runtime``). With ``tta`` the softmax of the image and of its horizontal flip are averaged.
     """
 
     def __init__(self, model: Classifier, card: ModelCard, device: torch.device, *, tta: bool = False):
         self.model, self.card, self.device, self.tta = model.eval(), card, device, tta
+        self._onnx: OnnxBackbone | None = None
+
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D), computed as the head's training features were: the card's runtime and precision."""
+        if self.card.feature_runtime == "onnxruntime":
+            if self._onnx is None:
+                backbone = self.model.backbone
+                self._onnx = OnnxBackbone(backbone, digest=weights_digest(backbone), precision=self.card.precision)
+            return self._onnx(images).to(self.device)
+        with autocast(self.device, self.card.precision):
+            return self.model.backbone(images)  # (B, D)
 
     def head_logits(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D) backbone features -> (B, n_classes) logits, in fp32."""
@@ -47,7 +69,5 @@ class Predictor:
         views = [images, images.flip(-1)] if self.tta else [images]
         probs = []
         for view in views:
-            with autocast(self.device, self.card.precision):
-                features = self.model.backbone(view)  # (B, D)
-            probs.append(self.head_logits(features).softmax(-1))
+            probs.append(self.head_logits(self.backbone_features(view)).softmax(-1))
         return torch.stack(probs).mean(0)

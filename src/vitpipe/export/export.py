@@ -59,6 +59,9 @@ def export_model(model_path: Path, fmt: str, out: Path | None = None, *, metrics
     out = Path(out) if out is not None else default_out(fmt)
     check_out_dir(out, fmt)
     model, card = load_model(Path(model_path))
+    if card.feature_runtime == "onnxruntime" and card.precision == "int8":
+        logger.warning("%s: its head was trained on onnxruntime int8 features; the exported model computes them "
+                       "in fp32, so its probabilities differ slightly from evaluate's and predict's", model_path)
     if fmt == "timm":
         check_timm_compatible(card, model_path)
     with contextlib.ExitStack() as stack:
@@ -83,6 +86,10 @@ def export_model(model_path: Path, fmt: str, out: Path | None = None, *, metrics
 
 def check_out_dir(out: Path, fmt: str) -> None:
     """Refuses, in one line, an output folder that is a link, a file, read-only, or holds other files."""
+    here, target = Path.cwd(), Path(os.path.abspath(out))  # `--out ''` is Path('.')
+    if target == here or target in here.parents:
+        raise VitpipeError(f"--out {str(out)!r}: is the current folder or one above it, which vitpipe cannot "
+                           f"replace; give a folder for the export, e.g. --out {default_out(fmt)}.")
     if out.is_symlink():
         raise VitpipeError(f"--out {out}: is a symbolic link; give a real directory (vitpipe does not write "
                            f"through links).")

@@ -10,8 +10,10 @@ model file's own (its metadata): what made these very weights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +85,8 @@ center-crop {spec.crop}, mean {list(spec.mean)}, std {list(spec.std)}.
 
 def _settings(card: ModelCard) -> str:
     rows = {**{f"model.{k}": v for k, v in dataclasses.asdict(card.model).items()},
-            "precision": card.precision, "feature_dtype": card.feature_dtype, "weights_source": card.weights_source}
+            "precision": card.precision, "feature_dtype": card.feature_dtype,
+            "feature_runtime": card.feature_runtime, "weights_source": card.weights_source}
     return "## Model settings (from the model file)\n\n" + _table(rows)
 
 
@@ -100,6 +103,21 @@ def _params(params: Params | None, provenance: dict[str, Any]) -> str:
                    f"file):\n\n") + _table(rows)
 
 
+def _tolerant(title: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
+    """A section renderer that says "not quoted" for a metrics file of another shape (edited by hand,
+    another tool's) instead of failing the export on a missing key or a wrong type."""
+    def wrap(render: Callable[..., str]) -> Callable[..., str]:
+        @functools.wraps(render)
+        def guarded(card: ModelCard, path: Path, *args: Any) -> str:
+            try:
+                return render(card, path, *args)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                return f"## {title} ({path})\n\n{path}: not laid out as vitpipe writes it: not quoted.\n"
+        return guarded
+    return wrap
+
+
+@_tolerant("Test metrics")
 def _metrics(card: ModelCard, path: Path, per_class_path: Path, verified: str) -> str:
     head = f"## Test metrics ({path}, {per_class_path.name})\n\n"
     test, rows = _read(path), _read_rows(per_class_path)
@@ -118,6 +136,7 @@ def _metrics(card: ModelCard, path: Path, per_class_path: Path, verified: str) -
     return head + "\n".join(lines) + "\n"
 
 
+@_tolerant("Data check")
 def _data(card: ModelCard, path: Path) -> str:
     head = f"## Data check ({path})\n\n"
     data = _read(path)
@@ -144,13 +163,13 @@ def _provenance(card: ModelCard) -> str:
 
 def _verified(model_path: Path, dvc_lock: Path) -> str:
     """Whether dvc.lock says the evaluate stage scored this very file."""
+    rel = Path(os.path.relpath(Path(model_path).absolute(), dvc_lock.absolute().parent)).as_posix()
     try:
         lock = yaml.safe_load(dvc_lock.read_text(encoding="utf-8"))
         deps = lock["stages"]["evaluate"]["deps"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        recorded = next((d.get("md5") for d in deps if isinstance(d, dict) and d.get("path") == rel), None)
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # ValueError: not UTF-8
         return f"Not checked against the model file ({dvc_lock} has no evaluate stage here)."
-    rel = Path(os.path.relpath(Path(model_path).absolute(), dvc_lock.absolute().parent)).as_posix()
-    recorded = next((d.get("md5") for d in deps if isinstance(d, dict) and d.get("path") == rel), None)
     actual = hashlib.md5(Path(model_path).read_bytes()).hexdigest()  # noqa: S324 - DVC's own file hash
     if recorded == actual:
         return f"Scored on this very model file ({dvc_lock}: evaluate's {rel}, md5 {actual})."

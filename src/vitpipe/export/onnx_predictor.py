@@ -71,6 +71,26 @@ def load_onnx_predictor(path: Path, *, device: str = "auto", tta: bool = False) 
         raise VitpipeError(f"--device {device!r}: use auto, cpu or cuda.")
     session = open_session(path, providers)
     card = ModelCard.from_metadata(session.get_modelmeta().custom_metadata_map, Path(path))
+    _check_signature(session, card, Path(path))
     logger.info("model %s: %s (ONNX, %s), %d classes, on onnxruntime %s", path, card.model.name,
                 session.get_providers()[0], len(card.classes), ort.__version__)
     return OnnxPredictor(session, card, tta=tta)
+
+
+def _check_signature(session: Any, card: ModelCard, path: Path) -> None:
+    """Refuses a graph that does not take the card's images or give one logit per class name (a card
+    copied onto another graph): predict would fail mid-run, or pair probabilities with wrong names."""
+    fix = "export the model again with `vitpipe export --format onnx`"
+    inputs, outputs = session.get_inputs(), {o.name: o.shape for o in session.get_outputs()}
+    crop = card.eval_transform.crop
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or list(inputs[0].shape[1:]) != [3, crop, crop]:
+        shown = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+        raise VitpipeError(f"{path}: the graph's inputs ({shown}) are not vitpipe's one {INPUT_NAME!r} of "
+                           f"[batch, 3, {crop}, {crop}] images its metadata describes; {fix}.")
+    if OUTPUT_NAME not in outputs:
+        raise VitpipeError(f"{path}: the graph has no output {OUTPUT_NAME!r} (it has {', '.join(outputs)}), so "
+                           f"its metadata belongs to another graph; {fix}.")
+    width = outputs[OUTPUT_NAME][-1] if outputs[OUTPUT_NAME] else None
+    if width != len(card.classes):
+        raise VitpipeError(f"{path}: the graph gives {width} logits per image but its metadata has "
+                           f"{len(card.classes)} class names; {fix}.")

@@ -6,8 +6,8 @@ the eval transform; views 1..V-1: the training augmentation, each drawn with its
 trains the head on the stored features; evaluate reads view 0 of the test images the same way.
 Each image is one entry, keyed by its content hash and everything else that determines its
 feature: the backbone's weights (hashed) and architecture, the transform, the view's seed, the
-precision, device type and batch size, and the library versions and vitpipe code that shape it
-(:func:`feature_environment`). So a grown dataset computes only its new images, and any other
+precision, the runtime (torch, or onnxruntime with its versions and settings), device type and batch
+size, and the library versions and vitpipe code that shape it (:func:`feature_environment`). So a grown dataset computes only its new images, and any other
 change computes new features instead of reusing stale ones. Entries live in one SQLite file
 (:mod:`vitpipe.model.featurestore`).
 """
@@ -37,7 +37,9 @@ from tqdm import tqdm
 from vitpipe.cachedir import cache_subdir
 from vitpipe.data.index import Sample
 from vitpipe.data.torchdata import ImageDataset
+from vitpipe.errors import VitpipeError
 from vitpipe.model.featurestore import FeatureStore
+from vitpipe.model.onnx_backbone import OnnxBackbone
 from vitpipe.runtime import autocast, derive_seed
 
 logger = logging.getLogger(__name__)
@@ -92,13 +94,18 @@ def feature_environment() -> dict[str, str]:
             "code": _code_digest(FEATURE_MODULES)}
 
 
+RUNTIMES = ("torch", "onnxruntime")
+
+
 @dataclass(frozen=True)
 class Extractor:
-    """How features are computed: the frozen backbone, the device and the loader settings.
+    """How features are computed: the frozen backbone, its runtime and precision, the device and the loader.
 
-    Every batch goes through the backbone padded to ``batch_size`` (the last image repeated), so an
-    image's feature never depends on how many others were computed with it: an incremental pass gives
-    the bytes a cold pass gives (some CPU kernels round differently for a smaller batch).
+    On torch every batch goes through the backbone padded to ``batch_size`` (the last image repeated),
+    so an image's feature never depends on how many others were computed with it: an incremental pass
+    gives the bytes a cold pass gives (some CPU kernels round differently for a smaller batch). On
+    onnxruntime (``onnx``) each image runs alone (:mod:`vitpipe.model.onnx_backbone`), which gives
+    the same guarantee; ``batch_size`` is then the loader's batch only.
     """
 
     backbone: nn.Module
@@ -108,13 +115,42 @@ class Extractor:
     batch_size: int
     num_workers: int
     channels_last: bool = False
+    onnx: OnnxBackbone | None = None
 
     @classmethod
     def for_backbone(cls, backbone: nn.Module, device: torch.device, precision: str, *, num_workers: int,
-                     channels_last: bool = False) -> Extractor:
-        """An extractor for ``backbone`` on ``device``, its weights hashed and its batch size chosen."""
-        return cls(backbone, weights_digest(backbone), device, precision,
-                   batch_size=extraction_batch_size(device), num_workers=num_workers, channels_last=channels_last)
+                     channels_last: bool = False, runtime: str = "torch") -> Extractor:
+        """An extractor for ``backbone`` on ``device`` (``runtime`` torch or onnxruntime), its weights hashed
+        and its batch size chosen."""
+        if runtime not in RUNTIMES:
+            raise VitpipeError(f"train.feature_runtime: {runtime!r} is not a feature runtime; use torch or "
+                               f"onnxruntime.")
+        digest = weights_digest(backbone)
+        onnx = None
+        if runtime == "onnxruntime":
+            if device.type != "cpu":
+                raise VitpipeError(f"train.feature_runtime: onnxruntime runs the feature pass on the CPU, but the "
+                                   f"device is {device}; set train.device: cpu, or train.feature_runtime: torch.")
+            onnx = OnnxBackbone(backbone, digest=digest, precision=precision)
+        return cls(backbone, digest, device, precision, batch_size=extraction_batch_size(device),
+                   num_workers=num_workers, channels_last=channels_last, onnx=onnx)
+
+    @property
+    def runtime(self) -> str:
+        """``torch`` or ``onnxruntime``."""
+        return "torch" if self.onnx is None else "onnxruntime"
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) -> (n, D) in :data:`STORAGE_DTYPE` on the CPU."""
+        n = images.shape[0]
+        if self.onnx is not None:
+            return self.onnx(images).to(STORAGE_DTYPE)  # one image at a time: no padding needed
+        if n < self.batch_size:
+            images = torch.cat([images, images[-1:].expand(self.batch_size - n, -1, -1, -1)])
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        images = images.to(self.device, non_blocking=True, memory_format=memory_format)
+        with autocast(self.device, self.precision):
+            return self.backbone(images)[:n].to(STORAGE_DTYPE).cpu()  # (n, D)
 
     def batches(self, root: Path, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor],
                 *, seed: int | None, desc: str) -> Iterator[tuple[int, torch.Tensor]]:
@@ -123,16 +159,11 @@ class Extractor:
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
         self.backbone.eval()
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         start = 0
-        with torch.inference_mode(), autocast(self.device, self.precision):
+        with torch.inference_mode():
             for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
-                n = images.shape[0]
-                if n < self.batch_size:
-                    images = torch.cat([images, images[-1:].expand(self.batch_size - n, -1, -1, -1)])
-                images = images.to(self.device, non_blocking=True, memory_format=memory_format)
-                yield start, self.backbone(images)[:n].to(STORAGE_DTYPE).cpu()  # (B, D)
-                start += n
+                yield start, self._forward(images)
+                start += images.shape[0]
 
     def __call__(self, root: Path, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor],
                  *, seed: int | None, desc: str) -> torch.Tensor:
@@ -163,7 +194,8 @@ class FeatureCache:
                 "architecture": hashlib.sha256(f"{type(backbone).__qualname__}\n{backbone!r}".encode()).hexdigest(),
                 "precision": extractor.precision, "device_type": extractor.device.type,
                 "channels_last": extractor.channels_last, "batch_size": extractor.batch_size,
-                "transform": repr(transform), "view_seed": view_seed, "environment": feature_environment()}
+                "transform": repr(transform), "view_seed": view_seed, "environment": feature_environment(),
+                "runtime": extractor.runtime, "onnx": extractor.onnx.key_parts() if extractor.onnx else None}
 
     def features(self, extractor: Extractor, root: Path, samples: Sequence[Sample], *,
                  transform: Callable[[Any], torch.Tensor], view_seed: int | None, desc: str) -> torch.Tensor:

@@ -31,6 +31,9 @@ class ModelCard:
     # what made the model (engine, epochs, parameter counts, device, library versions, params hash):
     # here, with the weights, instead of a DVC metric that every `dvc metrics diff` would list
     provenance: dict[str, Any] = field(default_factory=dict)
+    # "onnxruntime" when those features came from onnxruntime (``precision`` fp32 or int8): evaluate and
+    # predict compute them the same way. Cards written before this field read as "torch".
+    feature_runtime: str = "torch"
 
     def to_metadata(self) -> dict[str, str]:
         """safetensors metadata: str -> str."""
@@ -78,7 +81,10 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[Class
 
 
 def card_for(classes: tuple[str, ...], params: ModelParams, info: ModelInfo, *, spec: EvalSpec,
-             precision: str, feature_dtype: str | None, provenance: dict[str, Any] | None = None) -> ModelCard:
+             precision: str, feature_dtype: str | None, feature_runtime: str = "torch",
+             provenance: dict[str, Any] | None = None) -> ModelCard:
     """The card of a model trained with ``params``."""
     return ModelCard(classes=tuple(classes), model=params, eval_transform=spec, precision=precision,
-                     feature_dtype=feature_dtype, weights_source=info.weights_source, provenance=dict(provenance or {}))
+                     feature_dtype=feature_dtype, weights_source=info.weights_source,
+                     feature_runtime=feature_runtime if feature_dtype else "torch",
+                     provenance=dict(provenance or {}))

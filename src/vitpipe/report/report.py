@@ -17,7 +17,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -26,6 +25,7 @@ from vitpipe.fileio import atomic_dir, write_text
 from vitpipe.report import plots, significance
 from vitpipe.report.gallery import GALLERY_SIZE, gallery_images, worst_predictions
 from vitpipe.report.history import read_live_history
+from vitpipe.report.markdown import md_table
 
 logger = logging.getLogger(__name__)
 
@@ -119,19 +119,6 @@ def read_revision_csv(root: Path, rev: str, rel: str, kind: str) -> pd.DataFrame
     """A metrics CSV as committed at ``rev``; None when ``rev`` does not have it."""
     done = _git(root, "show", f"{rev}:{rel}")
     return _parse_csv(done.stdout, f"{rev}:{rel}", kind) if done.returncode == 0 else None
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "—" if pd.isna(value) else f"{value:.3f}"
-    return str(value).replace("|", "\\|")
-
-
-def md_table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub markdown table; ``|`` in cells is escaped, floats get 3 decimals, NaN is a dash."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def accuracy_changes(current: pd.DataFrame, base: pd.DataFrame, top: int) -> pd.DataFrame:

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from vitpipe.report.markdown import md_table
+
 ALPHA = 0.05
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
@@ -164,8 +166,6 @@ def _class_rows(comparison: Comparison, top: int) -> list[list[object]]:
 def markdown_section(base: pd.DataFrame | None, head: pd.DataFrame, *, base_name: str, top: int = 5,
                      seed: int = SEED) -> list[str]:
     """The report's "Signal or noise?" section: lines of markdown comparing two ``predictions.csv``."""
-    from vitpipe.report.report import md_table  # the report imports this module
-
     out = ["## Signal or noise?", ""]
     if base is None:
         return out + [f"`{base_name}` has no predictions to compare with.", ""]

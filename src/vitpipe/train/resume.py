@@ -2,7 +2,8 @@
 
 :func:`key_parts` lists it: the params that shape training (every model and train key but the
 speed-only ones), the class list, the content of the train and valid images, vitpipe's code that
-trains (a hash of its syntax trees), the versions of the libraries that compute, and the device.
+trains (a hash of its syntax trees), the versions of the libraries that compute (onnxruntime's too when
+it computes the features), and the device.
 A checkpoint stores its parts; :func:`key_changes` names what differs, so a refused resume can say
 "train.lr 0.001 -> 0.0005" or "the train images", as torchvision's references store their args.
 :func:`key_digest` is one id for the whole, for a checkpoint folder keyed by what shapes training.
@@ -18,7 +19,7 @@ import torch
 
 from vitpipe.data.index import DatasetIndex
 from vitpipe.params import Params
-from vitpipe.runtime import code_digest, device_name, library_versions
+from vitpipe.runtime import ONNX_LIBRARIES, code_digest, device_name, library_versions
 
 # vitpipe's code that decides a trained model's numbers (the train stage's own deps in dvc.yaml).
 TRAINING_CODE = ("train", "model", "data", "params.py", "runtime.py")
@@ -31,10 +32,14 @@ def key_parts(params: Params, index: DatasetIndex, device: torch.device) -> dict
         "classes": list(index.classes),
         "data": {split: index.fingerprint(split) for split in ("train", "valid")},
         "code": code_digest(*TRAINING_CODE),
-        "libraries": library_versions(),
+        "libraries": library_versions(*(ONNX_LIBRARIES if _onnx_features(params) else ())),
         "device": device_name(device),
     }
     return json.loads(json.dumps(parts))  # tuples -> lists: equal to what a checkpoint gives back
+
+
+def _onnx_features(params: Params) -> bool:
+    return params.train.uses_feature_cache and params.train.feature_runtime == "onnxruntime"
 
 
 def key_digest(parts: dict[str, Any]) -> str:

@@ -101,7 +101,8 @@ def _feature_engine(model: Classifier, index: DatasetIndex, params: Params, *, d
                     cache: FeatureCache, train_tf: Any, eval_tf: Any, losses: tuple) -> FeatureEngine:
     t = params.train
     extractor = Extractor.for_backbone(model.backbone.to(device), device, t.precision, num_workers=t.num_workers,
-                                       channels_last=t.channels_last and device.type == "cuda")
+                                       channels_last=t.channels_last and device.type == "cuda",
+                                       runtime=t.feature_runtime)
     train_samples = index.samples("train")
     views = []
     for v in range(t.cache_views):
@@ -184,7 +185,8 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
         engine.module.load_state_dict(progress.best_state)
         headline, provenance = _metrics(params, index, model, engine, info, progress, device)
         card = card_for(index.classes, params.model, info, spec=spec, precision=t.precision,
-                        feature_dtype=_dtype_name(engine.feature_dtype), provenance=provenance)
+                        feature_dtype=_dtype_name(engine.feature_dtype), feature_runtime=t.feature_runtime,
+                        provenance=provenance)
         save_model(outputs.model, model.cpu(), card)
         write_json(outputs.metrics, headline)
         live.close()
@@ -287,6 +289,7 @@ def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Eng
         "cache_views": t.cache_views if engine.feature_dtype is not None else 0,
         "class_weights": t.class_weights,
         "precision": t.precision,
+        "feature_runtime": t.feature_runtime,
         "model": params.model.name,
         "weights": info.weights_source,
         "pretrained": params.model.pretrained,

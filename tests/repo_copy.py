@@ -1,0 +1,56 @@
+"""A temporary copy of the repository to drive vitpipe through DVC itself (`dvc repro`, `dvc exp run`, ...).
+
+Shared by the end-to-end tests; the `repo_copy` fixture in conftest.py gives the plain copy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Runs ``args`` in ``cwd``; fails the test with its output unless it exits 0. Returns stdout + stderr."""
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages DVC ran, in order, from its output."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def copy_repo(tmp_path: Path, *, edit_params: Callable[[dict], None] | None = None,
+              env: dict[str, str] | None = None) -> tuple[Path, dict[str, str]]:
+    """The project's files (tracked and new, not ignored) in a fresh git repo at ``tmp_path/repo``,
+    without any outputs, committed; ``edit_params`` may change params.yaml first.
+
+    Returns the folder and the environment to run DVC in: the venv's ``dvc`` first on PATH, the
+    feature cache in ``tmp_path/feature-cache`` (``env`` adds or replaces variables).
+    """
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    work = tmp_path / "repo"
+    for name in filter(None, files):
+        if (REPO / name).is_file() and not name.startswith(("metrics/", "dvclive/", "dvc.lock")):
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, work / name)
+    if edit_params is not None:
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        edit_params(params)
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                "VITPIPE_CACHE_DIR": str(tmp_path / "feature-cache"), "DVC_NO_ANALYTICS": "1", **(env or {})}
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "ci"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        run(cmd, work, full_env)
+    return work, full_env
