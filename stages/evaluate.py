@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: score every test image -> test.json, per_class.csv, predictions.csv."""
+"""DVC stage `evaluate`: score every test image -> test.json, per_class.csv, per_class.json, predictions.csv."""
 
 import argparse
 from pathlib import Path
@@ -13,11 +13,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--index", type=Path, required=True, help="dataset index from split-check")
     parser.add_argument("--model", type=Path, required=True, help="model from the train stage")
-    parser.add_argument("--metrics", type=Path, required=True, help="test metrics JSON to write")
+    parser.add_argument("--metrics", type=Path, required=True, help="test metrics JSON to write (DVC metrics)")
     parser.add_argument("--per-class", type=Path, required=True, help="per-class CSV to write")
+    parser.add_argument("--per-class-json", type=Path, required=True, help="per-class JSON to write (not metrics)")
     parser.add_argument("--predictions", type=Path, required=True, help="per-image CSV to write")
     args = parser.parse_args(argv)
-    outputs = EvalOutputs(metrics=args.metrics, per_class=args.per_class, predictions=args.predictions)
+    outputs = EvalOutputs(metrics=args.metrics, per_class=args.per_class, predictions=args.predictions,
+                          per_class_json=args.per_class_json)
     run_evaluation(load_params(), DatasetIndex.load(args.index), args.model, outputs)
     return 0
 

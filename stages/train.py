@@ -1,8 +1,8 @@
-"""DVC stage `train`: the best-validation model, its metrics and training curves (see vitpipe.training)."""
+"""DVC stage `train`: the best-validation model, its metrics and DVCLive's curves (see vitpipe.train.training)."""
 
 import time
 
-STARTED = time.perf_counter()  # train_seconds is the stage's whole wall time, imports included
+STARTED = time.perf_counter()  # the logged wall time is the stage's whole, imports included
 
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -17,11 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--index", type=Path, required=True, help="dataset index from split-check")
     parser.add_argument("--model", type=Path, required=True, help="best weights (.safetensors) to write")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="per-epoch checkpoint (resume)")
-    parser.add_argument("--metrics", type=Path, required=True, help="train metrics JSON to write")
-    parser.add_argument("--history", type=Path, required=True, help="per-epoch CSV to write")
+    parser.add_argument("--metrics", type=Path, required=True, help="train metrics JSON to write (DVC metrics)")
+    parser.add_argument("--live", type=Path, required=True, help="DVCLive's folder: per-epoch metrics")
     args = parser.parse_args(argv)
-    outputs = TrainOutputs(model=args.model, checkpoint=args.checkpoint, metrics=args.metrics, history=args.history)
+    outputs = TrainOutputs(model=args.model, metrics=args.metrics, live=args.live)
     run_training(load_params(), DatasetIndex.load(args.index), outputs, started=STARTED)
     return 0
 

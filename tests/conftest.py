@@ -64,6 +64,31 @@ def tiny_params(**train: object) -> Params:
     return Params(model=model, train=dataclasses.replace(base, **train))
 
 
+def train_outputs(out: Path):
+    """The train stage's outputs inside ``out``, named as in dvc.yaml (the checkpoint goes to the cache)."""
+    from vitpipe.train.training import TrainOutputs
+
+    return TrainOutputs(model=out / "model.safetensors", metrics=out / "train.json", live=out / "dvclive")
+
+
+def history(out: Path) -> list[dict]:
+    """The per-epoch rows DVCLive wrote under ``out/dvclive``, with the history's column names."""
+    from vitpipe.report.history import read_live_history
+
+    frame = read_live_history(out / "dvclive")
+    return [] if frame is None else frame.to_dict("records")
+
+
+def live_files(out: Path) -> dict[str, bytes]:
+    """Every file DVCLive wrote under ``out/dvclive``, by relative path."""
+    folder = out / "dvclive"
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def train_results(out: Path) -> tuple[dict[str, bytes], bytes, bytes]:
+    """What the train stage wrote in ``out``, as bytes: DVCLive's files, the model (its provenance
+    included) and train.json (equal runs, equal bytes: no timestamps, no timings)."""
+    return live_files(out), (out / "model.safetensors").read_bytes(), (out / "train.json").read_bytes()
 @pytest.fixture()
 def repo_copy(tmp_path) -> tuple[Path, dict[str, str]]:
     """The project's files in a fresh git repo, without any outputs (see tests/repo_copy.py)."""

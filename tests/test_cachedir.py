@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import tiny_params
+from conftest import tiny_params, train_outputs
 
 from vitpipe import cachedir
 from vitpipe.cli import main
@@ -13,7 +13,7 @@ from vitpipe.train.training import TrainOutputs, run_training
 
 
 def _outputs(out: Path) -> TrainOutputs:
-    return TrainOutputs(out / "m.safetensors", out / "c.pt", out / "t.json", out / "h.csv")
+    return train_outputs(out)
 
 
 def test_everything_cached_stays_in_the_named_folder_and_clear_spares_its_parent(tmp_path, monkeypatch,

@@ -1,5 +1,7 @@
 """DVC's own commands on vitpipe's pipeline: the model artifact, what `dvc repro` deletes before a
-stage runs and how `dvc checkout` brings it back, and a queued grid run by two workers."""
+stage runs and how `dvc checkout` brings it back, a queued grid run by two workers, a sweep that
+`dvc exp show` fits in 160 columns (8 classes or 100), the run-cache restoring train, DVCLive's
+curves in `dvc plots show`, and a `dvc repro` that leaves git status clean."""
 
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import REPO
 from dvc.repo import Repo
+from PIL import Image
 from repo_copy import copy_repo
 
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -124,3 +128,138 @@ def test_a_queued_grid_runs_on_two_workers_that_inherit_the_feature_cache_dir(ti
     images = {"train": 3 * 8, "valid": 3 * 4, "test": 3 * 4}
     for split, n in images.items():
         assert sum(int(computed) for s, _, _, computed in passes if s == split) == n, passes
+
+
+# --- a sweep in `dvc exp show`, the run-cache, DVCLive's plots, a clean git status ----------------
+
+# What DVC reads as metrics: headline numbers only, whatever the number of classes (per class is in
+# metrics/per_class.csv and .json, DVC plots).
+HEADLINE = {"classes", "warnings", "cross_split_duplicates", "cross_split_near_duplicates", "skipped_images",
+            "best_val_accuracy", "best_epoch", "epochs_run", "stopped_early", "train_images", "val_images",
+            "accuracy", "correct", "n_images", "loss", "top5_accuracy", "macro_f1"}
+SWEEP = ("5e-4", "2e-3")  # with params.yaml's 1e-3: a 3-point sweep of train.lr
+
+
+def _set_params(work: Path, env: dict[str, str], **sections: dict) -> None:
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    if "source" in sections.get("data", {}):
+        # the synthetic set's own params at their defaults (set ones are refused with another source)
+        params["data"]["synthetic"] = yaml.safe_load((REPO / "params.yaml").read_text())["data"]["synthetic"]
+    for section, values in sections.items():
+        for key, value in values.items():
+            target = params[section]
+            *parents, leaf = key.split(".")
+            for parent in parents:
+                target = target[parent]
+            target[leaf] = value
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(work, env, "git", "commit", "-qam", "params")
+
+
+def _changed_paths(work: Path, env: dict[str, str]) -> list[str]:
+    lines = _run(work, env, "git", "status", "--porcelain", "--untracked-files=all").stdout.splitlines()
+    return [line[3:] for line in lines]
+
+
+def _repro_commit_and_sweep(work: Path, env: dict[str, str]) -> str:
+    """`dvc repro` (git status: only what dvc.lock, metrics/ and dvclive/ commit), the commit, then
+    `dvc exp run -S train.lr=X` for each of SWEEP; returns the last one's output."""
+    _run(work, env, DVC, "repro")
+    changed = _changed_paths(work, env)
+    assert changed and all(p == "dvc.lock" or p.startswith(("metrics/", "dvclive/")) for p in changed), changed
+    _run(work, env, "git", "add", "-A")
+    _run(work, env, "git", "commit", "-qm", "results")
+    assert _changed_paths(work, env) == []
+    out = ""
+    for lr in SWEEP:
+        out = _run(work, env, DVC, "exp", "run", "-S", f"train.lr={lr}").stdout
+        assert "Running stage 'train'" in out
+    return out
+
+
+def _rows(work: Path, env: dict[str, str]) -> list[dict]:
+    """Every row of `dvc exp show --json` (workspace, the commit, its experiments): lr and metrics."""
+    rows = []
+    for commit in json.loads(_run(work, env, DVC, "exp", "show", "--json").stdout):
+        entries = [(commit.get("name") or commit["rev"], commit["data"])]
+        entries += [(exp["name"], exp["revs"][0]["data"]) for exp in commit.get("experiments") or []]
+        for name, data in entries:
+            metrics = {key: value for file in data["metrics"].values() for key, value in file["data"].items()}
+            rows.append({"name": name, "lr": data["params"]["params.yaml"]["data"]["train"]["lr"],
+                         "metrics": metrics})
+    return rows
+
+
+def _assert_fits_160_columns(work: Path, env: dict[str, str], n_experiments: int, *options: str) -> str:
+    table = _run(work, {**env, "COLUMNS": "160"}, DVC, "exp", "show", "--only-changed", *options).stdout
+    print(table)  # noqa: T201
+    rows = [row for row in _rows(work, env) if row["name"] != "workspace" or "--hide-workspace" not in options]
+    assert len(rows) == 1 + ("--hide-workspace" not in options) + n_experiments  # (workspace,) commit, experiments
+    assert all(set(row["metrics"]) == HEADLINE for row in rows)  # no per-class or per-split column
+    lines = [line for line in table.splitlines() if line.strip()]
+    assert "…" not in table and all(len(line) <= 160 for line in lines)  # nothing cut
+    header = next(line for line in lines if "Experiment" in line).split()
+    changed = {key for key in HEADLINE if len({repr(row["metrics"][key]) for row in rows}) > 1}
+    assert "accuracy" in changed or "loss" in changed, rows  # the sweep moved the test numbers
+    assert changed | {"train.lr"} <= set(header), (changed, header)
+    assert all(row["name"] in table for row in rows if row["name"] != "workspace" and len(row["name"]) < 40)
+    return table
+
+
+@pytest.mark.slow
+def test_a_sweep_fits_160_columns_and_going_back_to_a_run_is_restored_from_the_run_cache(tiny_repo):
+    """The issue's "done when", on 8 synthetic classes: `dvc repro`, a 3-point train.lr sweep, `dvc exp
+    show --only-changed` in 160 columns, train.lr=1e-3 again from the run-cache, DVCLive's curves
+    in `dvc plots show`."""
+    work, env = tiny_repo
+    env = {**env, "VITPIPE_CACHE_DIR": str(work.parent / "cache")}
+    _set_params(work, env, data={"synthetic.classes": 8})
+    _repro_commit_and_sweep(work, env)
+    _assert_fits_160_columns(work, env, n_experiments=len(SWEEP))
+
+    started = time.monotonic()
+    back = _run(work, env, DVC, "exp", "run", "-S", "train.lr=1e-3")
+    seconds = time.monotonic() - started
+    print(f"train.lr=1e-3 again: {seconds:.1f} s, restored from the run-cache")  # noqa: T201
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in back.stdout
+    assert "Running stage 'train'" not in back.stdout and "Running stage 'evaluate'" not in back.stdout
+    committed = json.loads(_run(work, env, "git", "show", "HEAD:metrics/test.json").stdout)
+    assert json.loads((work / "metrics" / "test.json").read_text()) == committed  # the first run's numbers
+
+    plots = json.loads(_run(work, env, DVC, "plots", "show", "--json").stdout)["data"]
+    curves = {name: plot for name, plot in plots.items() if name.startswith("dvclive/plots/metrics/")}
+    assert {name.removeprefix("dvclive/plots/metrics/") for name in curves} == {
+        "train/loss_smoothed.tsv", "train/accuracy.tsv", "val/loss_smoothed.tsv", "val/cross_entropy.tsv",
+        "val/accuracy.tsv", "lr.tsv"}
+    values = curves["dvclive/plots/metrics/val/accuracy.tsv"][0]["content"]["data"]["values"]
+    assert [int(v["step"]) for v in values] == [0, 1]  # one point per epoch (train.epochs: 2)
+    titles = {plot[0]["content"]["title"]["text"] for plot in plots.values()}
+    assert {"Confusion matrix", "Per-class test accuracy", "Per-class test F1"} <= titles
+
+
+def _hundred_classes(root: Path) -> Path:
+    """100 classes of 16-px noise PNGs in train/valid/test (3/1/1 each): a local source."""
+    for split, count in (("train", 3), ("valid", 1), ("test", 1)):
+        for k in range(100):
+            folder = root / split / f"C{k:03d}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.random.default_rng([k, i, len(split)]).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_a_sweep_over_100_classes_still_fits_160_columns(tiny_repo, tmp_path):
+    work, env = tiny_repo
+    env = {**env, "VITPIPE_CACHE_DIR": str(tmp_path / "cache")}
+    photos = str(_hundred_classes(tmp_path / "hundred"))
+    _set_params(work, env, data={"source": photos, "watch": photos}, train={"epochs": 1, "batch_size": 32})
+    _repro_commit_and_sweep(work, env)
+    # A source folder outside the repository is a dependency DVC 3.67 names relative to the repository
+    # in the workspace row and relative to / in the commits' rows, so --only-changed would show it as
+    # two changed columns (long paths): the README says to add --hide-workspace with such a source.
+    table = _assert_fits_160_columns(work, env, len(SWEEP), "--hide-workspace")
+    assert json.loads((work / "metrics" / "data_totals.json").read_text())["classes"] == 100
+    assert len(json.loads((work / "metrics" / "per_class.json").read_text())) == 100  # per class: a plot
+    assert "C000" not in table

@@ -10,6 +10,7 @@ namespaces allow mounting, a tiny or read-only tmpfs (ENOSPC, EROFS).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import resource
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tiny_params
+from conftest import REPO, live_files, tiny_params, train_outputs
 
 from vitpipe import fileio
 from vitpipe.errors import VitpipeError
@@ -121,8 +122,8 @@ def _stage(script: str, *args: str) -> list[str]:
     return [sys.executable, str(REPO / "stages" / script), *args]
 
 
-TRAIN_ARGS = ("--index", "index.json", "--model", "models/model.safetensors", "--checkpoint", "models/ck/last.pt",
-              "--metrics", "train.json", "--history", "history.csv")
+TRAIN_ARGS = ("--index", "index.json", "--model", "models/model.safetensors", "--metrics", "train.json",
+              "--live", "dvclive")
 
 
 @pytest.mark.parametrize("case", ["download a folder", "download synthetic", "split-check outputs",
@@ -136,7 +137,8 @@ def test_a_disk_too_small_ends_in_one_line_naming_the_path(tmp_path, work, tiny_
         cmd, named = [sys.executable, "-m", "vitpipe.cli", "download", "synthetic", "raw"], "raw"
     elif case == "split-check outputs":
         shutil.copytree(work, cwd := tmp_path / "w")
-        cmd, named = _stage("split_check.py", str(tiny_data), "--index", "i.json", "--report", "d.json"), "i.json"
+        cmd, named = _stage("split_check.py", str(tiny_data), "--index", "i.json", "--report", "d.json",
+                            "--totals", "t.json"), "i.json"
     else:
         shutil.copytree(work, cwd := tmp_path / "w")
         limit = 300_000  # features and checkpoint fit, the 1.2 MB model does not
@@ -149,20 +151,19 @@ def test_a_disk_too_small_ends_in_one_line_naming_the_path(tmp_path, work, tiny_
 
 def test_an_unusable_feature_cache_warns_and_training_goes_on(tmp_path, work, tiny_index, monkeypatch, caplog):
     """The cache is a speed-up: a cache folder that cannot be written costs time, not the run."""
-    from vitpipe.train.training import TrainOutputs, run_training
+    from vitpipe.train.training import run_training
 
     (tmp_path / "a-file").write_text("not a folder")
     monkeypatch.setenv("VITPIPE_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # mkdir fails: ENOTDIR
-    out = TrainOutputs(tmp_path / "m.safetensors", tmp_path / "c.pt", tmp_path / "t.json", tmp_path / "h.csv")
+    out = train_outputs(tmp_path / "out")
     metrics = run_training(tiny_params(epochs=1), tiny_index, out)
     assert metrics["engine"] == "feature-cache" and out.model.is_file()
     warnings = [r.getMessage() for r in caplog.records if "features not cached, training goes on" in r.getMessage()]
     assert len(warnings) == 1  # once for the run, not once per split
 
     monkeypatch.setenv("VITPIPE_CACHE_DIR", str(tmp_path / "cache"))
-    reference = TrainOutputs(tmp_path / "r.safetensors", tmp_path / "rc.pt", tmp_path / "r.json", tmp_path / "rh.csv")
-    run_training(tiny_params(epochs=1), tiny_index, reference)
-    assert out.history.read_bytes() == reference.history.read_bytes()  # same training, cache or not
+    run_training(tiny_params(epochs=1), tiny_index, train_outputs(tmp_path / "reference"))
+    assert live_files(tmp_path / "out") == live_files(tmp_path / "reference")  # same training, cache or not
 
 
 # --- tiny and read-only tmpfs, where this machine lets a user namespace mount one --------------------
@@ -187,15 +188,15 @@ def _on_tmpfs(folder: Path, options: str, cmd: list[str], cwd: Path, env: dict[s
 
 
 @mounts
-@pytest.mark.parametrize(("case", "options"), [("checkpoint", "size=8k"), ("decoded store", "size=16k"),
+@pytest.mark.parametrize(("case", "options"), [("dvclive", "size=8k"), ("decoded store", "size=16k"),
                                                ("split-check outputs", "ro")])
 def test_a_full_or_read_only_tmpfs_ends_in_one_line_naming_the_path(tmp_path, work, tiny_data, case, options):
     disk = tmp_path / "disk"
     env = {**os.environ, "VITPIPE_CACHE_DIR": str(tmp_path / "cache")}
     cwd = tmp_path / "w"
     shutil.copytree(work, cwd)
-    if case == "checkpoint":
-        cmd, named = _stage("train.py", *TRAIN_ARGS[:4], "--checkpoint", str(disk / "last.pt"), *TRAIN_ARGS[6:]), "last.pt"
+    if case == "dvclive":  # DVCLive's per-epoch files on a full disk
+        cmd, named = _stage("train.py", *TRAIN_ARGS[:-1], str(disk / "dvclive")), "dvclive"
     elif case == "decoded store":
         params = yaml.safe_load((cwd / "params.yaml").read_text())
         params["train"].update(freeze="none", image_source="decoded")
@@ -203,7 +204,8 @@ def test_a_full_or_read_only_tmpfs_ends_in_one_line_naming_the_path(tmp_path, wo
         env["VITPIPE_CACHE_DIR"] = str(disk / "cache")
         cmd, named = _stage("train.py", *TRAIN_ARGS), "decoded"  # a memmap on a full disk: no SIGBUS
     else:
-        cmd = _stage("split_check.py", str(tiny_data), "--index", str(disk / "index.json"), "--report", "d.json")
+        cmd = _stage("split_check.py", str(tiny_data), "--index", str(disk / "index.json"), "--report", "d.json",
+                     "--totals", "t.json")
         named = "index.json"
     proc = _on_tmpfs(disk, options, cmd, cwd, env)
     reason = "Read-only file system" if options == "ro" else "No space left on device"
@@ -211,6 +213,19 @@ def test_a_full_or_read_only_tmpfs_ends_in_one_line_naming_the_path(tmp_path, wo
 
 
 @mounts
+def test_a_full_cache_costs_the_checkpoints_not_the_run(tmp_path, work):
+    """The resumable checkpoint lives in the cache folder: a full one warns once and training goes on."""
+    disk, cwd = tmp_path / "disk", tmp_path / "w"
+    shutil.copytree(work, cwd)
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["train"]["epochs"] = 3  # checkpoints after epochs 0 and 1
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "VITPIPE_CACHE_DIR": str(disk / "cache")}
+    proc = _on_tmpfs(disk, "size=64k", _stage("train.py", *TRAIN_ARGS), cwd, env)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    warned = [ln for ln in proc.stderr.splitlines() if "no checkpoints this run" in ln]
+    assert len(warned) == 1 and "No space left on device" in warned[0] and "checkpoints" in warned[0]
+    assert json.loads((cwd / "train.json").read_text())["epochs_run"] == 3
 def test_a_read_only_cache_folder_warns_and_the_onnxruntime_feature_pass_goes_on(tmp_path, work):
     """train.feature_runtime: onnxruntime with the whole cache folder on a read-only tmpfs: the ONNX export
     and the features are computed for the run, with a warning each, and the model is written."""

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import timm
 import torch
+from conftest import live_files, train_outputs
 from safetensors.torch import load_file, save_file
 
 from vitpipe.check.datacheck import run_split_check
@@ -32,7 +33,7 @@ from vitpipe.download.sources import check_watch, fetch
 from vitpipe.errors import VitpipeError
 from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
 from vitpipe.params import SPEED_ONLY, param_rows, parse_params
-from vitpipe.train.training import TrainOutputs, run_training
+from vitpipe.train.training import run_training
 
 CHANGES, REFUSED, SAME = "changes", "refused", "same"
 # No effect on a CPU, by design and documentation ("CUDA only"); on CUDA it may change float rounding,
@@ -196,16 +197,14 @@ def _train_and_evaluate(raw: dict, index, work: Path) -> tuple[str, str]:
     """("ok", digest of what train and evaluate wrote) or ("refused", the one-line message)."""
     try:
         params = parse_params(copy.deepcopy(raw))
-        run_training(params, index, TrainOutputs(work / "model.safetensors", work / "ckpt" / "last.pt",
-                                                 work / "train.json", work / "history.csv"))
+        run_training(params, index, train_outputs(work))
         run_evaluation(params, index, work / "model.safetensors",
                        EvalOutputs(work / "test.json", work / "per_class.csv", work / "predictions.csv"))
     except VitpipeError as exc:
         return REFUSED, str(exc)
     weights = load_file(str(work / "model.safetensors"))  # the tensors: the metadata repeats the params
     test = json.loads((work / "test.json").read_text())
-    test.pop("tta")  # echoes evaluate.tta
-    return "ok", _digest((work / "history.csv").read_bytes(), json.dumps(test).encode(),
+    return "ok", _digest(*live_files(work).values(), json.dumps(test).encode(),
                          (work / "per_class.csv").read_bytes(), (work / "predictions.csv").read_bytes(),
                          *(k.encode() + weights[k].view(torch.uint8).numpy().tobytes() for k in sorted(weights)))
 

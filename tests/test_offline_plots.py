@@ -65,6 +65,7 @@ def page(tmp_path_factory) -> Path:
     for name in ("dvc.yaml", "params.yaml"):  # dvc.yaml interpolates ${data.watch} from params.yaml
         shutil.copy2(REPO / name, work / name)
     shutil.copytree(REPO / "metrics", work / "metrics")
+    shutil.copytree(REPO / "dvclive", work / "dvclive")  # the training curves: DVCLive's files
     shutil.copytree(REPO / ".dvc", work / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache", "config.local"))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
@@ -78,7 +79,9 @@ def test_dvc_plots_show_writes_a_page_that_loads_nothing_from_the_network(page):
     assert not re.search(r"<script[^>]*\bsrc\s*=", html, flags=re.I)  # no script loaded at all
     assert "cdn.jsdelivr" not in html
     assert len(_inline_scripts(html)) == 3
-    assert html.count("vegaEmbed('#") == 4  # loss, accuracy, confusion matrix, per-class accuracy
+    # DVCLive's 6 curves (one per metric file, as DVCLive lays them out), the confusion matrix,
+    # per-class accuracy and per-class F1
+    assert html.count("vegaEmbed('#") == 9
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the page's JavaScript")
@@ -86,5 +89,7 @@ def test_the_inlined_vega_renders_every_plot_of_the_page(page):
     done = subprocess.run(["node", "-e", RENDER_JS, str(page)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     marks = {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1]) for line in done.stdout.splitlines()}
-    assert set(marks) == {"Loss", "Accuracy", "Confusion matrix", "Per-class test accuracy"}
+    curves = {f"dvclive/plots/metrics/{name}.tsv" for name in ("train/loss_smoothed", "train/accuracy",
+              "val/loss_smoothed", "val/cross_entropy", "val/accuracy", "lr")}
+    assert set(marks) == curves | {"Confusion matrix", "Per-class test accuracy", "Per-class test F1"}
     assert all(n > 10 for n in marks.values()), marks

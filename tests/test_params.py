@@ -159,10 +159,10 @@ def test_readme_parameter_tables_are_generated_from_the_fields_help():
 # --- bad params files (issue 10, items 6, 7 and 8) ---------------------------------------------
 
 STAGE_ARGS = {"check_params.py": [], "download.py": ["data/raw"],
-              "split_check.py": ["data/raw", "--index", "i.json", "--report", "r.json"],
-              "train.py": ["--index", "i", "--model", "m", "--checkpoint", "c", "--metrics", "t", "--history", "h"],
+              "split_check.py": ["data/raw", "--index", "i.json", "--report", "r.json", "--totals", "t.json"],
+              "train.py": ["--index", "i", "--model", "m", "--metrics", "t", "--live", "l"],
               "evaluate.py": ["--index", "i", "--model", "m", "--metrics", "t", "--per-class", "p",
-                              "--predictions", "q"],
+                              "--per-class-json", "j", "--predictions", "q"],
               "export.py": ["--model", "m", "--out", "o"]}
 
 

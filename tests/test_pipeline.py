@@ -10,17 +10,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import history
 from PIL import Image
 from repo_copy import run as _run
 from repo_copy import stages_run as _stages_run
 
+from vitpipe.model.model_file import load_model
+
 pytestmark = pytest.mark.slow
 
-METRIC_FILES = ("data.json", "train_history.csv", "test.json", "per_class.csv", "predictions.csv")
+# What the pipeline writes (every file, DVCLive's included): `dvc repro --force` gives the same bytes.
+METRIC_FILES = ("metrics/data.json", "metrics/data_totals.json", "metrics/train.json", "metrics/test.json",
+                "metrics/per_class.csv", "metrics/per_class.json", "metrics/predictions.csv", "dvclive")
 
 
 def _read_metrics(work: Path) -> dict[str, bytes]:
-    return {name: (work / "metrics" / name).read_bytes() for name in METRIC_FILES}
+    paths = [p for name in METRIC_FILES for p in ([work / name] if (work / name).is_file()
+                                                   else sorted((work / name).rglob("*")))]
+    assert len(paths) > len(METRIC_FILES) + 4, paths  # DVCLive's folder holds one TSV per metric
+    return {p.relative_to(work).as_posix(): p.read_bytes() for p in paths if p.is_file()} | {
+        "dvc.lock": (work / "dvc.lock").read_bytes(), "model": (work / "models" / "model.safetensors").read_bytes()}
 
 
 def test_default_pipeline_runs_offline_reproducibly_and_reruns_only_what_changed(repo_copy, tmp_path):
@@ -36,10 +45,11 @@ def test_default_pipeline_runs_offline_reproducibly_and_reruns_only_what_changed
     assert data["splits"]["train"]["images"] == synthetic["classes"] * synthetic["train_per_class"]
     test = json.loads((work / "metrics" / "test.json").read_text())
     assert test["n_images"] == n_test and 0 <= test["accuracy"] <= 1
-    assert sum(c["support"] for c in test["per_class"].values()) == n_test
-    assert sum(c["correct"] for c in test["per_class"].values()) == test["correct"]
-    train = json.loads((work / "metrics" / "train.json").read_text())
-    assert train["pretrained"] is False and train["model"] == "deit_tiny_patch16_224"
+    per_class = json.loads((work / "metrics" / "per_class.json").read_text())
+    assert sum(c["support"] for c in per_class) == n_test
+    assert sum(c["correct"] for c in per_class) == test["correct"]
+    provenance = load_model(work / "models" / "model.safetensors")[1].provenance
+    assert provenance["pretrained"] is False and provenance["model"] == "deit_tiny_patch16_224"
     with (work / "metrics" / "predictions.csv").open() as f:
         assert len(list(csv.DictReader(f))) == n_test
     assert (work / "models" / "model.safetensors").is_file()
@@ -107,10 +117,10 @@ def test_pipeline_on_real_butterflies_as_a_local_source(repo_copy, butterflies):
         "train": 1201, "valid": 50, "test": 50}
     assert data["n_classes"] == 10 and "MONARCH" in data["classes"]
     test = json.loads((work / "metrics" / "test.json").read_text())
-    assert test["n_images"] == 50 and sum(c["support"] for c in test["per_class"].values()) == 50
-    assert set(test["per_class"]) == set(data["classes"])
-    history = list(csv.DictReader((work / "metrics" / "train_history.csv").open()))
-    assert len(history) == 3
+    per_class = json.loads((work / "metrics" / "per_class.json").read_text())
+    assert test["n_images"] == 50 and sum(c["support"] for c in per_class) == 50
+    assert [c["class"] for c in per_class] == data["classes"]
+    assert [row["epoch"] for row in history(work)] == [0, 1, 2]
 
 
 def _photos(root: Path, classes: dict[str, range]) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import tiny_params, train_outputs
 
 from vitpipe.cli import main
 from vitpipe.errors import VitpipeError
@@ -25,13 +25,13 @@ def test_cpu_and_auto_resolve():
 
 
 def test_a_huge_cuda_index_from_params_is_one_line(tmp_path, tiny_index):
-    from vitpipe.train.training import TrainOutputs, run_training
+    from vitpipe.train.training import run_training
 
     params = parse_params({"train": {"device": "cuda:99999999999999999999"}})  # the params pattern allows it
     assert params.train.device == "cuda:99999999999999999999"
     with pytest.raises(VitpipeError, match="train.device: cuda:99999999999999999999"):
         run_training(tiny_params(device=params.train.device), tiny_index,
-                     TrainOutputs(tmp_path / "m", tmp_path / "c", tmp_path / "t", tmp_path / "h"))
+                     train_outputs(tmp_path))
 
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:99999999999999999999"])

@@ -164,7 +164,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                            "drop --metrics.")
     if args.metrics is not None and not args.metrics.is_dir():
         raise VitpipeError(f"--metrics {args.metrics}: not a folder; give the folder holding test.json, data.json "
-                           f"and train.json (default: metrics).")
+                           f"and per_class.json (default: metrics).")
     # quoted in the timm folder's model card: the --params file, else ./params.yaml when there is one
     params = load_params(args.params) if args.params is not None else (
         load_params(PARAMS_FILE) if PARAMS_FILE.exists() else None)
@@ -183,7 +183,8 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="folder to write (default: models/onnx or models/timm); "
                    "created, or replaced when it holds only a previous export")
     p.add_argument("--metrics", type=Path, default=None,
-                   help="timm: the model card quotes test.json, data.json and train.json from here (default: metrics)")
+                   help="timm: the model card quotes test.json, per_class.json and data.json from here "
+                        "(default: metrics)")
     p.set_defaults(func=_cmd_export)
 
 

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_params
+from conftest import tiny_params, train_outputs
 
 from vitpipe.errors import VitpipeError
 from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation, score
@@ -16,7 +16,7 @@ from vitpipe.evaluate.inference import load_predictor
 from vitpipe.model.features import Extractor, FeatureCache
 from vitpipe.model.transforms import build_eval_transform
 from vitpipe.params import EvaluateParams
-from vitpipe.train.training import TrainOutputs, run_training
+from vitpipe.train.training import run_training
 
 
 def test_score_matches_a_hand_checked_toy_case():
@@ -50,10 +50,10 @@ def test_score_matches_a_hand_checked_toy_case():
 
 def test_evaluate_scores_every_test_image_and_writes_consistent_files(tmp_path, tiny_index):
     params = tiny_params(epochs=1)
-    train_out = TrainOutputs(tmp_path / "model.safetensors", tmp_path / "ckpt.pt", tmp_path / "train.json",
-                             tmp_path / "history.csv")
+    train_out = train_outputs(tmp_path)
     run_training(params, tiny_index, train_out)
-    outputs = EvalOutputs(tmp_path / "test.json", tmp_path / "per_class.csv", tmp_path / "predictions.csv")
+    outputs = EvalOutputs(tmp_path / "test.json", tmp_path / "per_class.csv", tmp_path / "predictions.csv",
+                          tmp_path / "per_class.json")
     metrics = run_evaluation(params, tiny_index, train_out.model, outputs)
     n_test = len(tiny_index.samples("test"))
     assert metrics["n_images"] == n_test == 12  # not a multiple of any batch size below
@@ -64,7 +64,13 @@ def test_evaluate_scores_every_test_image_and_writes_consistent_files(tmp_path, 
     per_class = list(csv.DictReader(outputs.per_class.open()))
     assert [r["class"] for r in per_class] == list(tiny_index.classes)
     assert sum(int(r["support"]) for r in per_class) == n_test
-    assert json.loads(outputs.metrics.read_text())["n_images"] == n_test
+    # test.json: the headline alone (DVC metrics); per class in the CSV and per_class.json (not metrics)
+    headline = json.loads(outputs.metrics.read_text())
+    assert list(headline) == ["accuracy", "correct", "n_images", "loss", "top5_accuracy", "macro_f1"]
+    assert all(headline[k] == pytest.approx(metrics[k], abs=1e-6) for k in headline)
+    rows = json.loads(outputs.per_class_json.read_text())  # per_class.csv's rows, a DVC plot
+    assert [r["class"] for r in rows] == list(tiny_index.classes) and list(rows[0]) == list(per_class[0])
+    assert sum(r["support"] for r in rows) == n_test == metrics["n_images"]
 
     # The image path (test-time augmentation) scores the same images and writes the same shapes.
     with_tta = dataclasses.replace(params, evaluate=EvaluateParams(batch_size=5, tta=True))
@@ -74,8 +80,7 @@ def test_evaluate_scores_every_test_image_and_writes_consistent_files(tmp_path, 
 
 def test_model_trained_on_other_classes_is_refused(tmp_path, tiny_index):
     params = tiny_params(epochs=1)
-    train_out = TrainOutputs(tmp_path / "model.safetensors", tmp_path / "ckpt.pt", tmp_path / "train.json",
-                             tmp_path / "history.csv")
+    train_out = train_outputs(tmp_path)
     run_training(params, tiny_index, train_out)
     renamed = dataclasses.replace(tiny_index, classes=("x", "y", "z"))
     with pytest.raises(VitpipeError, match="rerun the train stage"):
@@ -88,8 +93,7 @@ def test_top5_column_is_unambiguous_whatever_the_class_names(tmp_path, tiny_inde
     names = ("A|B", "A", 'B, "b"')
     index = dataclasses.replace(tiny_index, classes=names)
     params = tiny_params(epochs=1)
-    train_out = TrainOutputs(tmp_path / "model.safetensors", tmp_path / "ckpt.pt", tmp_path / "train.json",
-                             tmp_path / "history.csv")
+    train_out = train_outputs(tmp_path)
     run_training(params, index, train_out)
     outputs = EvalOutputs(tmp_path / "test.json", tmp_path / "per_class.csv", tmp_path / "predictions.csv")
     run_evaluation(params, index, train_out.model, outputs)
@@ -100,8 +104,7 @@ def test_top5_column_is_unambiguous_whatever_the_class_names(tmp_path, tiny_inde
 
 def test_evaluate_reads_view_0_test_features_from_the_train_stage_s_cache(tmp_path, tiny_index):
     params = tiny_params(epochs=1)
-    train_out = TrainOutputs(tmp_path / "model.safetensors", tmp_path / "ckpt.pt", tmp_path / "train.json",
-                             tmp_path / "history.csv")
+    train_out = train_outputs(tmp_path)
     trained = FeatureCache(tmp_path / "cache")
     run_training(params, tiny_index, train_out, cache=trained)
     outputs = EvalOutputs(tmp_path / "test.json", tmp_path / "per_class.csv", tmp_path / "predictions.csv")
@@ -135,18 +138,18 @@ def test_a_class_without_test_images_is_absent_not_zero():
 
 def test_evaluate_reports_a_class_missing_from_test_as_absent(tmp_path, tiny_index, caplog):
     params = tiny_params(epochs=1)
-    train_out = TrainOutputs(tmp_path / "model.safetensors", tmp_path / "ckpt.pt", tmp_path / "train.json",
-                             tmp_path / "history.csv")
+    train_out = train_outputs(tmp_path)
     run_training(params, tiny_index, train_out)
     gone = tiny_index.classes[1]
     test = tuple(s for s in tiny_index.samples("test") if s.label != 1)
     index = dataclasses.replace(tiny_index, splits={**tiny_index.splits, "test": test})
-    outputs = EvalOutputs(tmp_path / "test.json", tmp_path / "per_class.csv", tmp_path / "predictions.csv")
+    outputs = EvalOutputs(tmp_path / "test.json", tmp_path / "per_class.csv", tmp_path / "predictions.csv",
+                          tmp_path / "per_class.json")
     metrics = run_evaluation(params, index, train_out.model, outputs)
     assert "1 class(es) have no test image" in caplog.text and gone in caplog.text
-    saved = json.loads(outputs.metrics.read_text())
-    assert saved["absent_classes"] == [gone] and saved["n_images"] == len(test) == metrics["n_images"]
-    assert saved["per_class"][gone] == {"accuracy": None, "precision": None, "recall": None, "f1": None,
-                                        "correct": 0, "support": 0}
+    assert json.loads(outputs.metrics.read_text())["n_images"] == len(test) == metrics["n_images"]
+    saved = {r["class"]: r for r in json.loads(outputs.per_class_json.read_text())}
+    assert saved[gone] == {"class": gone, "accuracy": None, "precision": None, "recall": None, "f1": None,
+                           "correct": 0, "support": 0}
     row = next(r for r in csv.DictReader(outputs.per_class.open()) if r["class"] == gone)
     assert (row["accuracy"], row["precision"], row["recall"], row["f1"], row["support"]) == ("", "", "", "", "0")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_params
+from conftest import live_files, tiny_params
 from repo_copy import run as _run
 
 from vitpipe.cli import main
@@ -29,18 +29,19 @@ def trained(tmp_path_factory, tiny_index) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VITPIPE_CACHE_DIR", str(work / "cache"))
         params = tiny_params(feature_runtime="onnxruntime", precision="int8", epochs=2)
-        run_training(params, tiny_index, TrainOutputs(work / "model.safetensors", work / "ck" / "last.pt",
-                                                      work / "train.json", work / "history.csv"))
+        run_training(params, tiny_index, TrainOutputs(model=work / "model.safetensors", metrics=work / "train.json",
+                                                      live=work / "dvclive", checkpoints=work / "ck"))
         run_evaluation(params, tiny_index, work / "model.safetensors",
                        EvalOutputs(work / "test.json", work / "per_class.csv", work / "predictions.csv"))
     return work
 
 
-def test_the_card_and_train_json_record_the_runtime(trained):
+def test_the_card_and_its_provenance_record_the_runtime(trained):
     _, card = load_model(trained / "model.safetensors")
     assert (card.feature_runtime, card.precision, card.feature_dtype) == ("onnxruntime", "int8", "bfloat16")
-    train = json.loads((trained / "train.json").read_text())
-    assert (train["feature_runtime"], train["precision"], train["engine"]) == ("onnxruntime", "int8", "feature-cache")
+    provenance = card.provenance
+    assert (provenance["feature_runtime"], provenance["precision"], provenance["engine"]) == (
+        "onnxruntime", "int8", "feature-cache")
 
 
 def test_predict_gives_evaluates_probabilities(trained, tiny_index):
@@ -89,12 +90,12 @@ def test_dvc_repro_with_int8_reproduces_its_metrics_and_predict_agrees(repo_copy
     params["train"].update(epochs=2, feature_runtime="onnxruntime", precision="int8")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["dvc", "repro"], work, env)
-    files = ("train_history.csv", "test.json", "per_class.csv", "predictions.csv")
-    first = {name: (work / "metrics" / name).read_bytes() for name in files}
-    assert json.loads((work / "metrics" / "train.json").read_text())["feature_runtime"] == "onnxruntime"
+    files = ("train.json", "test.json", "per_class.csv", "predictions.csv")
+    first = {name: (work / "metrics" / name).read_bytes() for name in files}, live_files(work)
+    assert load_model(work / "models" / "model.safetensors")[1].feature_runtime == "onnxruntime"
     cold = {**env, "VITPIPE_CACHE_DIR": str(tmp_path / "another-cache")}  # exported and computed anew
     _run(["dvc", "repro", "--force"], work, cold)
-    assert {name: (work / "metrics" / name).read_bytes() for name in files} == first
+    assert ({name: (work / "metrics" / name).read_bytes() for name in files}, live_files(work)) == first
 
     printed = _run(["vitpipe", "predict", "data/raw/test", "--json", "--top-k", "1"], work, cold)
     doc = json.loads(printed[printed.index("{"):printed.rindex("}") + 1])

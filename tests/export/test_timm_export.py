@@ -33,32 +33,34 @@ def photos(butterflies: Path) -> list[Path]:
     return sorted((butterflies / "test").rglob("*.jpg"))[::5]  # 10 real photos
 
 
-def _save(folder: Path, classes: tuple[str, ...], head_hidden: int) -> Path:
+def _save(folder: Path, classes: tuple[str, ...], head_hidden: int, provenance: dict | None = None) -> Path:
     params = ModelParams(name="test_vit", img_size=32, head_hidden=head_hidden)
     model, info = build_model(params, len(classes), seed=0)
-    card = card_for(classes, params, info, spec=eval_spec("seed", info), precision="bf16", feature_dtype="bfloat16")
+    card = card_for(classes, params, info, spec=eval_spec("seed", info), precision="bf16", feature_dtype="bfloat16",
+                    provenance=provenance)
     save_model(folder / "model.safetensors", model, card)
     return folder / "model.safetensors"
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory, classes) -> Path:
-    return _save(tmp_path_factory.mktemp("model"), classes, head_hidden=0)
+    return _save(tmp_path_factory.mktemp("model"), classes, head_hidden=0,
+                 provenance={"engine": "feature-cache", "epochs": 3, "params_hash": PARAMS.training_hash()})
 
 
 @pytest.fixture(scope="module")
 def metrics(tmp_path_factory, classes) -> Path:
     """metrics/ as the pipeline writes it, with known numbers."""
     folder = tmp_path_factory.mktemp("metrics")
-    per_class = {c: {"accuracy": (i % 5) / 5, "correct": i % 5, "support": 5} for i, c in enumerate(classes)}
+    per_class = [{"class": c, "accuracy": (i % 5) / 5, "correct": i % 5, "support": 5} for i, c in enumerate(classes)]
     write_json(folder / "test.json", {"accuracy": 0.4, "correct": 20, "n_images": 50, "loss": 1.5,
-                                      "top5_accuracy": 0.9, "macro_f1": 0.35, "per_class": per_class})
+                                      "top5_accuracy": 0.9, "macro_f1": 0.35})
+    write_json(folder / "per_class.json", per_class)
     write_json(folder / "data.json", {"accepted": True, "n_errors": 0, "n_warnings": 1, "n_classes": len(classes),
                                       "classes": list(classes), "splits": {"train": {"images": 1201},
                                       "valid": {"images": 50}, "test": {"images": 50}},
                                       "duplicates": {"within_split": 2, "cross_split": 0}})
-    write_json(folder / "train.json", {"best_val_accuracy": 0.5, "best_epoch": 3, "model": "test_vit",
-                                       "engine": "feature-cache", "params_hash": PARAMS.training_hash()})
+    write_json(folder / "train.json", {"best_val_accuracy": 0.5, "best_epoch": 3})
     return folder
 
 
@@ -132,7 +134,7 @@ def test_model_card_quotes_params_metrics_with_counts_data_check_and_provenance(
     assert "- accuracy: 0.4000 (20/50 images)" in readme
     assert f"| {classes[3]} | 0.6000 | 3/5 |" in readme
     assert "| duplicates within a split | 2 |" in readme and "| images (train) | 1201 |" in readme
-    assert "| best_epoch | 3 |" in readme and "| engine | feature-cache |" in readme
+    assert "| epochs | 3 |" in readme and "| engine | feature-cache |" in readme  # the model file's provenance
     assert f"params_hash {PARAMS.training_hash()}" in readme and "| train.lr | 0.001 |" in readme
     assert "| model.head_hidden | 0 |" in readme and "rounded to bfloat16" in readme
     assert 'pretrained_cfg_overlay=dict(file="model.safetensors", num_classes=10)' in readme
@@ -141,13 +143,14 @@ def test_model_card_quotes_params_metrics_with_counts_data_check_and_provenance(
 def test_model_card_says_what_is_missing_or_does_not_match(model_path, metrics, tmp_path, classes):
     other = tmp_path / "other-metrics"
     other.mkdir()
-    write_json(other / "test.json", {"per_class": {"A": {}}, "accuracy": 1.0, "correct": 1, "n_images": 1})
-    write_json(other / "train.json", {"model": "deit_small_patch16_224", "params_hash": "x"})
-    export_model(model_path, "timm", tmp_path / "out", metrics_dir=other, params=None)
+    write_json(other / "test.json", {"accuracy": 1.0, "correct": 1, "n_images": 1})
+    write_json(other / "per_class.json", [{"class": "A", "accuracy": 1.0, "correct": 1, "support": 1}])
+    old = _save(tmp_path / "old", classes, head_hidden=0)  # an older vitpipe's file: no provenance
+    export_model(old, "timm", tmp_path / "out", metrics_dir=other, params=None)
     readme = (tmp_path / "out" / "README.md").read_text()
-    assert "test.json scores other classes than this model's: not quoted" in readme
+    assert "per_class.json scores other classes than this model's: not quoted" in readme
     assert "data.json: not found or unreadable" in readme
-    assert "is about 'deit_small_patch16_224', not test_vit: not quoted" in readme
+    assert "This model file records no provenance" in readme
     assert "No params.yaml here" in readme and "accuracy: 1.0" not in readme
 
     changed = Params(model=PARAMS.model, train=PARAMS.train.__class__(lr=0.5))
@@ -170,9 +173,9 @@ def test_metrics_and_dvc_lock_of_another_shape_are_not_quoted_and_never_a_traceb
     """Before: a KeyError, ValueError, AttributeError or UnicodeDecodeError traceback for each of these."""
     odd = tmp_path / "odd"
     odd.mkdir()
-    write_json(odd / "test.json", {"per_class": list(classes)})  # the class names, but no numbers
+    write_json(odd / "test.json", {"n_images": "many"})  # no numbers
+    write_json(odd / "per_class.json", [{"class": c} for c in classes])  # the class names, but no numbers
     write_json(odd / "data.json", {"classes": list(classes), "splits": [1], "duplicates": 3})
-    write_json(odd / "train.json", {"model": "test_vit", "best_epoch": {"nested": [1]}})
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.lock").write_bytes(lock)
     rc = main(["export", "--model", str(model_path), "--format", "timm", "--out", "out", "--metrics", str(odd)])
@@ -181,6 +184,7 @@ def test_metrics_and_dvc_lock_of_another_shape_are_not_quoted_and_never_a_traceb
     readme = (tmp_path / "out" / "README.md").read_text()
     assert f"{odd / 'test.json'}: not laid out as vitpipe writes it" in readme
     assert f"{odd / 'data.json'}: not laid out as vitpipe writes it" in readme
-    write_json(odd / "test.json", {"per_class": {c: {} for c in classes}, "accuracy": "high"})
+    write_json(odd / "test.json", {"accuracy": "high", "correct": 1, "n_images": 2})
+    write_json(odd / "per_class.json", [{"class": c, "correct": 0, "support": 1, "accuracy": 0.0} for c in classes])
     assert main(["export", "--model", str(model_path), "--format", "timm", "--out", "out", "--metrics", str(odd)]) == 0
     assert f"{odd / 'test.json'}: not laid out as vitpipe writes it" in (tmp_path / "out" / "README.md").read_text()

@@ -28,6 +28,15 @@ def _git(repo: Path, *args: str) -> None:
                    cwd=repo, check=True, capture_output=True)
 
 
+def _write_live(folder: Path, series: dict[str, list[float]]) -> None:
+    """DVCLive's per-epoch files, as ``Live.log_metric`` writes them (step, then the metric's last name)."""
+    for name, values in series.items():
+        path = folder / "plots" / "metrics" / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        leaf = name.rsplit("/", 1)[-1]
+        path.write_text(f"step\t{leaf}\n" + "".join(f"{i}\t{v}\n" for i, v in enumerate(values)))
+
+
 def _write_metrics(repo: Path, correct: dict[str, int], confusions: dict[str, str], lr: float) -> None:
     """4 test images per class: ``correct[c]`` right, the rest predicted as ``confusions[c]``."""
     metrics = repo / "metrics"
@@ -44,9 +53,8 @@ def _write_metrics(repo: Path, correct: dict[str, int], confusions: dict[str, st
     total = sum(correct.values())
     per_class = {r["class"]: {"accuracy": r["accuracy"], "correct": r["correct"]} for r in rows}
     (metrics / "test.json").write_text(json.dumps({"accuracy": total / 12, "correct": total, "per_class": per_class}))
-    pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [2.0, 1.5, 1.2], "train_accuracy": [0.3, 0.5, 0.6],
-                  "val_loss": [2.1, 1.7, 1.6], "val_accuracy": [0.3, 0.4, 0.5]}).to_csv(
-        metrics / "train_history.csv", index=False)
+    _write_live(repo / "dvclive", {"train/loss_smoothed": [2.0, 1.5, 1.2], "train/accuracy": [0.3, 0.5, 0.6],
+                                   "val/loss_smoothed": [2.1, 1.7, 1.6], "val/accuracy": [0.3, 0.4, 0.5]})
     (repo / "params.yaml").write_text(f"train:\n  lr: {lr}\n")
 
 
@@ -196,3 +204,22 @@ def test_a_class_without_test_images_renders_as_absent(tmp_path):
     history = pd.DataFrame({"epoch": [0, 1], "train_loss_smoothed": [2.0, 1.5], "val_loss_smoothed": [2.1, 1.8],
                             "val_cross_entropy": [2.0, 1.7], "train_accuracy": [0.3, 0.5], "val_accuracy": [0.3, 0.4]})
     assert plots.training_curves(history, tmp_path / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_the_curves_are_read_from_the_files_dvclive_writes(tmp_path):
+    """The train stage's own writer, then the report's reader: the history's columns, one row per epoch."""
+    from vitpipe.report.history import read_live_history
+    from vitpipe.train.live import LiveLog
+
+    rows = [{"epoch": e, "train_loss_smoothed": 2.0 - e, "train_accuracy": 0.25 * e, "val_loss_smoothed": 2.5 - e,
+             "val_cross_entropy": 2.4 - e, "val_accuracy": 0.2 * e, "lr": 1e-3} for e in range(3)]
+    live = LiveLog(tmp_path / "dvclive", rows[:2])  # two epochs replayed (a resume), then one more
+    live.log_epoch(rows[2])
+    live.close()
+    history = read_live_history(tmp_path / "dvclive")
+    assert sorted(history.columns) == sorted(rows[0]) and history["epoch"].tolist() == [0, 1, 2]
+    assert history.to_dict("records") == [pytest.approx(r) for r in rows]
+    assert read_live_history(tmp_path / "nothing") is None
+    (tmp_path / "dvclive" / "plots" / "metrics" / "lr.tsv").write_text("epoch,lr\n0,1\n")
+    with pytest.raises(VitpipeError, match=r"lr.tsv: columns \['epoch,lr'\], not step and lr"):
+        read_live_history(tmp_path / "dvclive")

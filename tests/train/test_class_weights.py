@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import history, tiny_params, train_outputs
 from timm.loss import LabelSmoothingCrossEntropy
 
 from vitpipe.data.index import DatasetIndex
 from vitpipe.errors import VitpipeError
+from vitpipe.model.model_file import load_model
 from vitpipe.params import TrainParams, parse_params
 from vitpipe.train.recipe import build_loss, class_weights
-from vitpipe.train.training import TrainOutputs, run_training
+from vitpipe.train.training import run_training
 
 
 def _nll(logits: list[float], target: int) -> float:
@@ -75,11 +74,10 @@ def _imbalanced(index: DatasetIndex) -> DatasetIndex:
 
 
 def _first_train_loss(tmp_path: Path, index: DatasetIndex, **train: object) -> tuple[float, dict]:
-    out = TrainOutputs(model=tmp_path / "m.safetensors", checkpoint=tmp_path / "ckpt" / "last.pt",
-                       metrics=tmp_path / "train.json", history=tmp_path / "history.csv")
+    out = train_outputs(tmp_path)
     metrics = run_training(tiny_params(epochs=1, **train), index, out)
-    rows = list(csv.DictReader(out.history.open()))
-    assert json.loads(out.metrics.read_text())["class_weights"] == metrics["class_weights"]
+    rows = history(tmp_path)
+    assert load_model(out.model)[1].provenance["class_weights"] == metrics["class_weights"]
     return float(rows[0]["train_loss_smoothed"]), metrics
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from conftest import tiny_params
+from conftest import live_files, tiny_params, train_outputs
 
 from vitpipe.data.torchdata import ImageDataset
 from vitpipe.model.classifier import build_model
 from vitpipe.model.transforms import build_eval_transform, eval_spec
 from vitpipe.params import ModelParams
 from vitpipe.train.decoded import DecodedImages, DeviceAugment
-from vitpipe.train.training import TrainOutputs, run_training
+from vitpipe.train.training import run_training
 
 CPU = torch.device("cpu")
 
@@ -55,10 +55,9 @@ def test_full_fine_tune_on_decoded_images_is_deterministic(tmp_path, tiny_index)
     results = []
     for run in ("a", "b"):
         out = tmp_path / run
-        metrics = run_training(params, tiny_index, TrainOutputs(out / "m.safetensors", out / "c.pt",
-                                                                out / "t.json", out / "h.csv"))
+        metrics = run_training(params, tiny_index, train_outputs(out))
         assert metrics["engine"] == "images"
-        results.append(((out / "h.csv").read_text(), (out / "m.safetensors").read_bytes()))
+        results.append((live_files(out), (out / "model.safetensors").read_bytes()))
     assert results[0] == results[1]
 
 

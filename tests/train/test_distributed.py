@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import REPO, tiny_params
+from conftest import REPO, history, tiny_params
 from torch import nn
 
 from vitpipe.model.classifier import build_model
+from vitpipe.model.model_file import load_model
 from vitpipe.train.engines import ImageEngine, Totals
 
 _SCRIPT = """
@@ -24,12 +25,12 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 import torch.distributed as dist
-from conftest import tiny_params
+from conftest import tiny_params, train_outputs
 from vitpipe.data.index import DatasetIndex
 from vitpipe.logs import run_stage
-from vitpipe.train.training import TrainOutputs, run_training
+from vitpipe.train.training import run_training
 out = Path(sys.argv[1])
-outputs = TrainOutputs(out / "model.safetensors", out / "ckpt" / "last.pt", out / "train.json", out / "history.csv")
+outputs = train_outputs(out)
 params = tiny_params(**json.loads(sys.argv[3]))
 raise SystemExit(run_stage(lambda: run_training(params, DatasetIndex.load(sys.argv[2]), outputs) and 0))
 """
@@ -51,11 +52,12 @@ def test_two_process_ddp_on_cpu_writes_the_single_process_files(tmp_path, tiny_i
                           timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rank 0 of 2" in proc.stderr and "rank 1 of 2" in proc.stderr
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "ckpt/last.pt", "history.csv", "model.safetensors", "train.json"]
-    metrics = json.loads((out / "train.json").read_text())
-    assert metrics["engine"] == "images" and metrics["epochs"] == 2
-    assert len((out / "history.csv").read_text().splitlines()) == 3
+    assert sorted(p.relative_to(out).as_posix() for p in out.iterdir()) == [
+        "dvclive", "model.safetensors", "train.json"]
+    assert load_model(out / "model.safetensors")[1].provenance["engine"] == "images"
+    assert json.loads((out / "train.json").read_text())["epochs_run"] == 2
+    assert [row["epoch"] for row in history(out)] == [0, 1]  # rank 0 alone wrote DVCLive's rows
+    assert not list((tmp_path / "feature-cache" / "checkpoints").rglob("*.pt"))  # the finished run's is gone
 
 
 class _Recorder:

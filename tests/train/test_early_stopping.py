@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
-from conftest import tiny_params
+from conftest import history, live_files, tiny_params, train_outputs, train_results
 
 from vitpipe.errors import VitpipeError
 from vitpipe.params import parse_params
 from vitpipe.train import training
 from vitpipe.train.checkpoint import Progress
-from vitpipe.train.training import TrainOutputs, run_training
+from vitpipe.train.training import run_training
 
-
-def _outputs(out):
-    return TrainOutputs(out / "model.safetensors", out / "ckpt" / "last.pt", out / "train.json", out / "history.csv")
-
-
-def _history(out):
-    return list(csv.DictReader((out / "history.csv").open()))
-
-
-def _results(out):
-    metrics = json.loads((out / "train.json").read_text())
-    metrics.pop("train_seconds")
-    return (out / "history.csv").read_text(), (out / "model.safetensors").read_bytes(), metrics
+_outputs, _history, _results = train_outputs, history, train_results
 
 
 def test_the_counter_follows_min_delta_and_patience():
@@ -47,6 +34,7 @@ def test_a_run_without_gains_stops_after_patience_epochs_and_says_so(tmp_path, t
     assert metrics["engine"] == engine
     assert metrics["stopped_early"] is True and metrics["epochs_run"] == 3 and metrics["epochs"] == 8
     assert [int(row["epoch"]) for row in _history(tmp_path)] == [0, 1, 2]  # only the epochs that ran
+    assert json.loads((tmp_path / "dvclive" / "metrics.json").read_text())["step"] == 2
     assert json.loads((tmp_path / "train.json").read_text())["stopped_early"] is True
     assert "early stopping after epoch 2" in caplog.text
 
@@ -71,10 +59,11 @@ def test_a_resumed_run_stops_at_the_same_epoch_as_an_uninterrupted_one(tmp_path,
     monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_training(params, tiny_index, _outputs(tmp_path / "killed"))
+    assert len(_history(tmp_path / "killed")) == 2  # DVCLive wrote epochs 0 and 1 as they ended
     monkeypatch.setattr(training, "save_checkpoint", real_save)
     run_training(params, tiny_index, _outputs(tmp_path / "killed"))
-    assert _results(tmp_path / "killed") == _results(tmp_path / "reference")
-    assert len(_history(tmp_path / "killed")) == 3
+    assert _results(tmp_path / "killed") == _results(tmp_path / "reference")  # DVCLive's files too, byte for byte
+    assert len(_history(tmp_path / "killed")) == 3 and live_files(tmp_path / "killed")
 
 
 def test_min_delta_without_patience_is_refused():

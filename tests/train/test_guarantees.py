@@ -4,14 +4,13 @@ changes no number (resumed or not), and the tutorial's loop is exact on CUDA too
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import history, tiny_params, train_outputs, train_results
 from safetensors.torch import load_file
 
 from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
@@ -25,24 +24,19 @@ from vitpipe.runtime import configure
 from vitpipe.train import training
 from vitpipe.train.batches import LoaderBatches, uses_decoded_images
 from vitpipe.train.engines import FeatureEngine
-from vitpipe.train.training import TrainOutputs, run_training
+from vitpipe.train.training import run_training
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
-def _outputs(path: Path) -> TrainOutputs:
-    return TrainOutputs(model=path / "model.safetensors", checkpoint=path / "ckpt" / "last.pt",
-                        metrics=path / "train.json", history=path / "history.csv")
+_outputs = train_outputs
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-def _results(out: Path) -> tuple[str, bytes, dict]:
-    metrics = json.loads((out / "train.json").read_text())
-    metrics.pop("train_seconds")
-    return (out / "history.csv").read_text(), (out / "model.safetensors").read_bytes(), metrics
+_results = train_results
 
 
 # --- the best validation epoch is the model saved --------------------------------------------------
@@ -73,8 +67,8 @@ def test_label_smoothing_shapes_training_and_only_cross_entropy_compares_with_te
     plain, smoothed = _weights(tmp_path / "plain"), _weights(tmp_path / "smoothed")
     assert any(not torch.equal(plain[k], smoothed[k]) for k in plain), "label smoothing changed nothing"
 
-    rows = {name: list(csv.DictReader((tmp_path / name / "history.csv").open())) for name in ("plain", "smoothed")}
-    assert list(rows["smoothed"][0]) == list(training.HISTORY_COLUMNS)
+    rows = {name: history(tmp_path / name) for name in ("plain", "smoothed")}
+    assert sorted(rows["smoothed"][0]) == sorted(training.HISTORY_COLUMNS)
     assert all(r["val_loss_smoothed"] == r["val_cross_entropy"] for r in rows["plain"])
     assert all(float(r["val_loss_smoothed"]) > float(r["val_cross_entropy"]) for r in rows["smoothed"])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -17,7 +16,14 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import REPO, tiny_params
+from conftest import (
+    REPO,
+    history,
+    live_files,
+    tiny_params,
+    train_outputs,
+    train_results,
+)
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.loss import LabelSmoothingCrossEntropy
@@ -33,13 +39,12 @@ from vitpipe.model.transforms import (
     eval_spec,
 )
 from vitpipe.params import ModelParams, Params
+from vitpipe.train.checkpoint import checkpoint_path
 from vitpipe.train.recipe import build_loss, build_optimizer, build_scheduler
-from vitpipe.train.training import TrainOutputs, run_training
+from vitpipe.train.resume import key_parts
+from vitpipe.train.training import run_training
 
-
-def _outputs(path: Path) -> TrainOutputs:
-    return TrainOutputs(model=path / "model.safetensors", checkpoint=path / "ckpt" / "last.pt",
-                        metrics=path / "train.json", history=path / "history.csv")
+_outputs = train_outputs
 
 
 # --- the tutorial's recipe, exactly ---------------------------------------------------------------
@@ -195,12 +200,16 @@ def test_feature_cache_training_writes_model_metrics_and_history(tmp_path, tiny_
     assert 0 <= metrics["best_val_accuracy"] <= 1 and metrics["val_images"] == 12
     assert metrics["trainable_params"] < metrics["total_params"]
     saved = json.loads((tmp_path / "train.json").read_text())
-    assert saved.keys() == metrics.keys()
+    model, card = load_model(tmp_path / "model.safetensors")
+    provenance = card.provenance  # what made the model, in its own metadata: not a DVC metric
+    assert saved.keys() | provenance.keys() | {"train_seconds"} == metrics.keys()  # the time is logged, not written
+    assert saved.keys() == {"best_val_accuracy", "best_epoch", "epochs_run", "stopped_early", "train_images",
+                            "val_images"}  # headline numbers only: DVC metrics
     assert saved["best_val_accuracy"] == pytest.approx(metrics["best_val_accuracy"], abs=1e-6)
-    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert provenance["params_hash"] == tiny_params().training_hash() and provenance["engine"] == "feature-cache"
+    rows = history(tmp_path)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert float(rows[metrics["best_epoch"]]["val_accuracy"]) == pytest.approx(metrics["best_val_accuracy"], abs=1e-6)
-    model, card = load_model(tmp_path / "model.safetensors")
     assert card.classes == tiny_index.classes and card.feature_dtype == "bfloat16"
 
 
@@ -226,7 +235,7 @@ def test_modern_recipe_options_run_together(tmp_path, tiny_index):
                          warmup_epochs=1, mixup=0.2, cutmix=0.2, ema_decay=0.9, grad_clip=1.0, layer_decay=0.75,
                          augment="timm", label_smoothing=0.1)
     run_training(params, tiny_index, _outputs(tmp_path))
-    lrs = [float(r["lr"]) for r in csv.DictReader((tmp_path / "history.csv").open())]
+    lrs = [float(r["lr"]) for r in history(tmp_path)]
     assert lrs[0] == pytest.approx(1e-5)  # warmup starts at lr / 100
     # then timm's cosine over all 3 epochs (warmup not a prefix, as in timm's train.py)
     assert lrs[1] == pytest.approx(0.5e-3 * (1 + math.cos(math.pi / 3))) and lrs[2] < lrs[1]
@@ -238,14 +247,13 @@ _TRAIN_SCRIPT = """
 import json, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from conftest import tiny_params
+from conftest import tiny_params, train_outputs
 from vitpipe.data.index import DatasetIndex
 from vitpipe.logs import run_stage
-from vitpipe.train.training import TrainOutputs, run_training
+from vitpipe.train.training import run_training
 out = Path(sys.argv[1])
 params = tiny_params(**json.loads(sys.argv[2]))
-outputs = TrainOutputs(out / "model.safetensors", out / "ckpt" / "last.pt", out / "train.json", out / "history.csv")
-raise SystemExit(run_stage(lambda: run_training(params, DatasetIndex.load(sys.argv[3]), outputs) and 0))
+raise SystemExit(run_stage(lambda: run_training(params, DatasetIndex.load(sys.argv[3]), train_outputs(out)) and 0))
 """
 
 
@@ -255,10 +263,7 @@ def _train_process(out: Path, index_path: Path, overrides: dict) -> subprocess.P
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _results(out: Path) -> tuple[str, bytes, dict]:
-    metrics = json.loads((out / "train.json").read_text())
-    metrics.pop("train_seconds")
-    return (out / "history.csv").read_text(), (out / "model.safetensors").read_bytes(), metrics
+_results = train_results
 
 
 @pytest.mark.slow
@@ -269,35 +274,37 @@ def test_a_killed_run_resumes_and_lands_on_the_same_metrics(tmp_path, tiny_index
     reference = _train_process(tmp_path / "reference", index_path, overrides)
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
 
+    # the checkpoint is in the cache folder, keyed by the run (the reference deleted its own when it finished)
+    checkpoint = checkpoint_path(key_parts(tiny_params(**overrides), tiny_index, torch.device("cpu")))
+    assert not checkpoint.parent.exists()
     killed_dir = tmp_path / "killed"
     proc = _train_process(killed_dir, index_path, overrides)
-    checkpoint = killed_dir / "ckpt" / "last.pt"
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     state = torch.load(checkpoint, weights_only=True)
-    assert not state["complete"] and state["progress"]["next_epoch"] < 6, "the run finished before the kill"
-    assert not (killed_dir / "train.json").exists()
+    assert state["progress"]["next_epoch"] < 6, "the run finished before the kill"
+    assert not (killed_dir / "train.json").exists() and live_files(killed_dir)  # DVCLive's rows so far
 
     resumed = _train_process(killed_dir, index_path, overrides)
     assert resumed.wait(timeout=300) == 0
     log = resumed.stdout.read()
     assert "resuming from" in log, log
-    assert _results(killed_dir) == _results(tmp_path / "reference")
+    assert _results(killed_dir) == _results(tmp_path / "reference")  # DVCLive's files too, byte for byte
+    assert not checkpoint.parent.exists()  # a finished run deletes its checkpoint
 
 
-def test_a_checkpoint_of_other_params_is_not_resumed(tmp_path, tiny_index, caplog):
+def test_a_finished_run_leaves_no_checkpoint_and_reruns_from_scratch(tmp_path, tiny_index, caplog):
     caplog.set_level("INFO")
     run_training(tiny_params(), tiny_index, _outputs(tmp_path))
-    first = (tmp_path / "history.csv").read_text()
+    first = _results(tmp_path)
+    assert not list((tmp_path / "feature-cache" / "checkpoints").rglob("*"))  # deleted when it finished
     run_training(tiny_params(), tiny_index, _outputs(tmp_path))  # `dvc repro --force`
-    assert "finished run; training again from scratch" in caplog.text
-    assert (tmp_path / "history.csv").read_text() == first
+    assert "resuming" not in caplog.text and _results(tmp_path) == first
     run_training(tiny_params(lr=5e-4), tiny_index, _outputs(tmp_path))  # `dvc exp run -S train.lr=5e-4`
-    assert "made by another run (changed: train.lr 0.001 -> 0.0005); starting fresh" in caplog.text
-    assert (tmp_path / "history.csv").read_text() != first
+    assert _results(tmp_path) != first
 
 
 def test_same_seed_same_bytes_on_cpu(tmp_path, tiny_index):
@@ -367,7 +374,7 @@ def test_an_image_gone_since_split_check_is_one_line_naming_it(tmp_path, tiny_da
 def test_stage_script_turns_bad_params_into_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("train:\n  lr: -1\n")
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--index", "x", "--model", "m",
-                           "--checkpoint", "c", "--metrics", "t", "--history", "h"], cwd=tmp_path,
+                           "--metrics", "t", "--live", "l"], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ})
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

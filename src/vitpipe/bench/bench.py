@@ -197,8 +197,8 @@ def _run_loop(params: Params, root: Path, *, workers: int) -> MethodResult:
 def _run_vitpipe(params: Params, index: DatasetIndex, work: Path, *, label: str = VITPIPE) -> MethodResult:
     logger.info("bench: %s, %d epochs, empty feature cache in %s", label, params.train.epochs, work)
     cache = _TimedCache(work / "features")
-    outputs = TrainOutputs(model=work / "model.safetensors", checkpoint=work / "checkpoints" / "last.pt",
-                           metrics=work / "train.json", history=work / "train_history.csv")
+    outputs = TrainOutputs(model=work / "model.safetensors", metrics=work / "train.json", live=work / "dvclive",
+                           checkpoints=work / "checkpoints")  # a killed bench never resumes: timings stay whole
     with PeakMemory() as mem, _cold_cache_folder(work):
         start = time.perf_counter()
         train = run_training(params, index, outputs, cache=cache, started=start)

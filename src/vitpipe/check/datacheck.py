@@ -315,8 +315,19 @@ def format_report(result: CheckResult) -> str:
     return "\n".join(lines)
 
 
-def run_split_check(root: Path, data: DataParams, *, index_path: Path, report_path: Path) -> DatasetIndex:
-    """The split-check stage: writes the index and the report only for an accepted dataset.
+def totals(report: dict[str, Any]) -> dict[str, Any]:
+    """The report's headline (``metrics/data_totals.json``, DVC metrics): a few counts, never per class,
+    so ``dvc exp show`` stays readable whatever the number of classes. The rest is ``metrics/data.json``."""
+    return {"classes": report["n_classes"], "warnings": report["n_warnings"],
+            "cross_split_duplicates": report["duplicates"]["cross_split"],
+            "cross_split_near_duplicates": report["near_duplicates"]["cross_split"],
+            "skipped_images": report["n_skipped_images"]}
+
+
+def run_split_check(root: Path, data: DataParams, *, index_path: Path, report_path: Path,
+                    totals_path: Path | None = None) -> DatasetIndex:
+    """The split-check stage: writes the index, the report and its :func:`totals` (when
+    ``totals_path`` is given) only for an accepted dataset.
 
     Raises:
         VitpipeError: the dataset is refused (one line: what, the first example, how to fix).
@@ -331,6 +342,8 @@ def run_split_check(root: Path, data: DataParams, *, index_path: Path, report_pa
         raise refused(result)
     result.index.save(index_path)
     write_json(report_path, result.report)
+    if totals_path is not None:
+        write_json(totals_path, totals(result.report))
     counts = ", ".join(f"{s['images']} {split}" for split, s in result.report["splits"].items())
     logger.info("%s: accepted: %d classes, %s images; %d warnings", root, result.report["n_classes"],
                 counts, len(result.warnings))

@@ -1,4 +1,10 @@
-"""The evaluate stage: score EVERY test image and write the metrics, per class and per image."""
+"""The evaluate stage: score EVERY test image and write the metrics, per class and per image.
+
+``test.json`` holds the headline numbers DVC reads as metrics (accuracy with its count, loss, top-5,
+macro-F1); the per-class numbers go to ``per_class.csv`` and ``per_class.json`` (the same rows, with
+null for a class absent from the test split), DVC plots but not DVC metrics: hundreds of classes
+would otherwise be hundreds of columns in ``dvc exp show``.
+"""
 
 from __future__ import annotations
 
@@ -35,15 +41,17 @@ logger = logging.getLogger(__name__)
 PER_CLASS_COLUMNS = ("class", "accuracy", "precision", "recall", "f1", "correct", "support")
 PREDICTION_COLUMNS = ("path", "actual", "predicted", "confidence", "top5")
 TOP_K = 5
+HEADLINE = ("accuracy", "correct", "n_images", "loss", f"top{TOP_K}_accuracy", "macro_f1")
 
 
 @dataclass(frozen=True)
 class EvalOutputs:
     """Where the evaluate stage writes."""
 
-    metrics: Path
-    per_class: Path
-    predictions: Path
+    metrics: Path  # the headline numbers (DVC metrics)
+    per_class: Path  # CSV, one row per class
+    predictions: Path  # CSV, one row per test image
+    per_class_json: Path | None = None  # the per-class rows as JSON (not DVC metrics); None: not written
 
 
 def _probabilities(params: Params, index: DatasetIndex, predictor: Predictor, cache: FeatureCache) -> torch.Tensor:
@@ -102,7 +110,8 @@ def score(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> tu
 
 def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, outputs: EvalOutputs, *,
                    cache: FeatureCache | None = None) -> dict[str, Any]:
-    """Scores every test image with the saved model; writes test.json, per_class.csv, predictions.csv."""
+    """Scores every test image with the saved model; writes test.json, per_class.csv, predictions.csv
+    and per_class.json. Returns all of it as one dict, with ``tta``."""
     predictor = load_predictor(model_path, device=params.train.device, tta=params.evaluate.tta)
     card = predictor.card
     if tuple(card.classes) != tuple(index.classes):
@@ -118,10 +127,12 @@ def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, output
     metrics, rows = score(probs, labels, index.classes)
     if metrics["absent_classes"]:
         logger.warning("%d class(es) have no test image and are left out of the per-class and macro scores "
-                       "(null in %s): %s", len(metrics["absent_classes"]), outputs.metrics.name,
+                       "(empty in %s): %s", len(metrics["absent_classes"]), outputs.per_class.name,
                        ", ".join(metrics["absent_classes"]))
     metrics["tta"] = params.evaluate.tta
-    write_json(outputs.metrics, metrics)
+    write_json(outputs.metrics, {k: metrics[k] for k in HEADLINE})
+    if outputs.per_class_json is not None:
+        write_json(outputs.per_class_json, rows)
     write_csv(outputs.per_class, rows, columns=PER_CLASS_COLUMNS)
     write_csv(outputs.predictions, _prediction_rows(samples, probs, index.classes), columns=PREDICTION_COLUMNS)
     logger.info("test accuracy %.4f (%d/%d images), top-%d %.4f, macro F1 %.4f", metrics["accuracy"],

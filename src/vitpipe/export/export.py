@@ -47,7 +47,8 @@ def export_model(model_path: Path, fmt: str, out: Path | None = None, *, metrics
         model_path: ``models/model.safetensors`` from the train stage.
         fmt: ``onnx`` (``model.onnx``) or ``timm`` (``config.json``, ``model.safetensors``, ``README.md``).
         out: the folder; default :func:`default_out`.
-        metrics_dir: where the timm model card reads test.json, data.json and train.json.
+        metrics_dir: where the timm model card reads test.json, per_class.json and data.json (the
+            provenance is the model file's own).
         params: params.yaml's, quoted in the model card when they are the run's; None when absent.
 
     Returns:

@@ -2,8 +2,9 @@
 the data-check summary and the provenance, read from the pipeline's files when they are present.
 
 Each file is checked against the model before it is quoted (same class names, same architecture,
-params hashed like metrics/train.json's ``params_hash``; dvc.lock's record of the model file when
-there is one), and what is missing or does not match is said instead of quoted.
+params hashed like the model's own ``params_hash``; dvc.lock's record of the model file when there
+is one), and what is missing or does not match is said instead of quoted. The provenance is the
+model file's own (its metadata): what made these very weights.
 """
 
 from __future__ import annotations
@@ -28,13 +29,20 @@ def render_model_card(card: ModelCard, *, model_path: Path, metrics_dir: Path, p
     """The README.md text (Hugging Face model card: YAML front matter, then markdown)."""
     front = {"library_name": "timm", "pipeline_tag": "image-classification",
              "tags": ["image-classification", "timm", "vitpipe"]}
-    train = _read(metrics_dir / "train.json")
     parts = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {card.model.name}, fine-tuned by vitpipe: {len(card.classes)} classes", "",
-             _usage(card), _settings(card), _params(params, train),
-             _metrics(card, metrics_dir / "test.json", _verified(model_path, dvc_lock)),
-             _data(card, metrics_dir / "data.json"), _provenance(card, metrics_dir / "train.json", train)]
+             _usage(card), _settings(card), _params(params, card.provenance),
+             _metrics(card, metrics_dir / "test.json", metrics_dir / "per_class.json", _verified(model_path, dvc_lock)),
+             _data(card, metrics_dir / "data.json"), _provenance(card)]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]] | None:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, list) and all(isinstance(row, dict) for row in data) else None
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -82,17 +90,17 @@ def _settings(card: ModelCard) -> str:
     return "## Model settings (from the model file)\n\n" + _table(rows)
 
 
-def _params(params: Params | None, train: dict[str, Any] | None) -> str:
+def _params(params: Params | None, provenance: dict[str, Any]) -> str:
     head = "## Params\n\n"
     if params is None:
         return head + "No params.yaml here: the params of the run are not known beyond the model settings above.\n"
-    if train is None or train.get("params_hash") != params.training_hash():
-        recorded = train.get("params_hash") if train else None
-        return head + (f"params.yaml (hash {params.training_hash()}) is not the run's (metrics/train.json: "
-                       f"{recorded}): not listed.\n")
+    if provenance.get("params_hash") != params.training_hash():
+        return head + (f"params.yaml (hash {params.training_hash()}) is not the run's (the model file's: "
+                       f"{provenance.get('params_hash')}): not listed.\n")
     rows = {f"{section}.{k}": v for section in ("data", "model", "train")
             for k, v in _flat(dataclasses.asdict(getattr(params, section))).items()}
-    return head + f"params.yaml, the run's (params_hash {params.training_hash()} as in metrics/train.json):\n\n" + _table(rows)
+    return head + (f"params.yaml, the run's (params_hash {params.training_hash()} as in the model "
+                   f"file):\n\n") + _table(rows)
 
 
 def _tolerant(title: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
@@ -110,19 +118,21 @@ def _tolerant(title: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
 
 
 @_tolerant("Test metrics")
-def _metrics(card: ModelCard, path: Path, verified: str) -> str:
-    head = f"## Test metrics ({path})\n\n"
-    test = _read(path)
-    if test is None:
-        return head + f"{path}: not found or unreadable (run `dvc repro evaluate`).\n"
-    per_class = test.get("per_class") or {}
+def _metrics(card: ModelCard, path: Path, per_class_path: Path, verified: str) -> str:
+    head = f"## Test metrics ({path}, {per_class_path.name})\n\n"
+    test, rows = _read(path), _read_rows(per_class_path)
+    for file, data in ((path, test), (per_class_path, rows)):
+        if data is None:
+            return head + f"{file}: not found or unreadable (run `dvc repro evaluate`).\n"
+    per_class = {row.get("class"): row for row in rows}
     if set(per_class) != set(card.classes):
-        return head + f"{path} scores other classes than this model's: not quoted.\n"
+        return head + f"{per_class_path} scores other classes than this model's: not quoted.\n"
     lines = [verified, "",
              f"- accuracy: {test['accuracy']:.4f} ({test['correct']}/{test['n_images']} images)",
              f"- top-5 accuracy: {test.get('top5_accuracy')}", f"- macro F1: {test.get('macro_f1')}",
              f"- loss: {test.get('loss')}", "", "| class | accuracy | correct / images |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {c['accuracy']:.4f} | {c['correct']}/{c['support']} |" for name, c in per_class.items()]
+    lines += [f"| {name} | {'—' if c.get('accuracy') is None else format(c['accuracy'], '.4f')} | "
+              f"{c['correct']}/{c['support']} |" for name, c in per_class.items()]
     return head + "\n".join(lines) + "\n"
 
 
@@ -144,14 +154,11 @@ def _data(card: ModelCard, path: Path) -> str:
     return head + _table(rows)
 
 
-@_tolerant("Provenance")
-def _provenance(card: ModelCard, path: Path, train: dict[str, Any] | None) -> str:
-    head = f"## Provenance ({path})\n\n"
-    if train is None:
-        return head + f"{path}: not found or unreadable (run `dvc repro train`).\n"
-    if train.get("model") != card.model.name:
-        return head + f"{path} is about {train.get('model')!r}, not {card.model.name}: not quoted.\n"
-    return head + _table(train)
+def _provenance(card: ModelCard) -> str:
+    head = "## Provenance (the model file's metadata)\n\n"
+    if not card.provenance:
+        return head + "This model file records no provenance (an older vitpipe's): retrain it to record one.\n"
+    return head + _table(card.provenance)
 
 
 def _verified(model_path: Path, dvc_lock: Path) -> str:

@@ -1,9 +1,9 @@
-"""``models/model.safetensors``: the best weights with the class names and model settings beside them."""
+"""``models/model.safetensors``: the best weights with the class names, model settings and provenance beside them."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from vitpipe.params import ModelParams
 
 @dataclass(frozen=True)
 class ModelCard:
-    """What evaluate and predict need to rebuild the model and its eval transform exactly."""
+    """What evaluate and predict need to rebuild the model and its eval transform exactly, and what made it."""
 
     classes: tuple[str, ...]
     model: ModelParams
@@ -28,6 +28,9 @@ class ModelCard:
     precision: str
     feature_dtype: str | None  # "bfloat16" when the head was trained on cached, rounded features
     weights_source: str
+    # what made the model (engine, epochs, parameter counts, device, library versions, params hash):
+    # here, with the weights, instead of a DVC metric that every `dvc metrics diff` would list
+    provenance: dict[str, Any] = field(default_factory=dict)
     # "onnxruntime" when those features came from onnxruntime (``precision`` fp32 or int8): evaluate and
     # predict compute them the same way. Cards written before this field read as "torch".
     feature_runtime: str = "torch"
@@ -78,8 +81,10 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[Class
 
 
 def card_for(classes: tuple[str, ...], params: ModelParams, info: ModelInfo, *, spec: EvalSpec,
-             precision: str, feature_dtype: str | None, feature_runtime: str = "torch") -> ModelCard:
+             precision: str, feature_dtype: str | None, feature_runtime: str = "torch",
+             provenance: dict[str, Any] | None = None) -> ModelCard:
     """The card of a model trained with ``params``."""
     return ModelCard(classes=tuple(classes), model=params, eval_transform=spec, precision=precision,
                      feature_dtype=feature_dtype, weights_source=info.weights_source,
-                     feature_runtime=feature_runtime if feature_dtype else "torch")
+                     feature_runtime=feature_runtime if feature_dtype else "torch",
+                     provenance=dict(provenance or {}))

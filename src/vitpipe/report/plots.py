@@ -56,8 +56,8 @@ def confusion_matrix(predictions: pd.DataFrame, classes: Sequence[str], path: Pa
     return _save(fig, path)
 
 
-# (column of metrics/train_history.csv, legend, line style) per panel; older histories named the
-# smoothed losses train_loss and val_loss.
+# (column of the history, legend, line style) per panel (vitpipe.report.history: DVCLive's
+# train/loss_smoothed is train_loss_smoothed); older histories named the smoothed losses train_loss and val_loss.
 _CURVES = {
     "loss": (("train_loss_smoothed", "train (label-smoothed)", "-"), ("train_loss", "train", "-"),
              ("val_loss_smoothed", "val (label-smoothed)", "--"), ("val_loss", "val", "--"),
@@ -67,7 +67,7 @@ _CURVES = {
 
 
 def training_curves(history: pd.DataFrame, path: Path) -> Path:
-    """Loss and accuracy per epoch, train and validation, from ``metrics/train_history.csv``."""
+    """Loss and accuracy per epoch, train and validation, from :func:`vitpipe.report.history.read_live_history`."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     for k, (metric, curves) in enumerate(_CURVES.items()):
         ax = fig.add_subplot(1, 2, k + 1)

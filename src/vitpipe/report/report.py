@@ -24,6 +24,7 @@ from vitpipe.errors import VitpipeError
 from vitpipe.fileio import atomic_dir, write_text
 from vitpipe.report import plots, significance
 from vitpipe.report.gallery import GALLERY_SIZE, gallery_images, worst_predictions
+from vitpipe.report.history import read_live_history
 from vitpipe.report.markdown import md_table
 
 logger = logging.getLogger(__name__)
@@ -35,12 +36,12 @@ class MetricFiles:
 
     per_class: str = "metrics/per_class.csv"
     predictions: str = "metrics/predictions.csv"
-    history: str = "metrics/train_history.csv"
+    live: str = "dvclive"  # DVCLive's folder: the training curves
     index: str = "data/index.json"  # where the gallery finds the test images
 
 
 _COLUMNS = {"per_class": ("class", "accuracy", "precision", "recall", "f1", "support"),
-            "predictions": ("path", "actual", "predicted", "confidence"), "history": ("epoch",)}
+            "predictions": ("path", "actual", "predicted", "confidence")}
 _NUMERIC = {"per_class": ("accuracy", "precision", "recall", "f1", "correct", "support")}
 
 
@@ -257,7 +258,7 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
     base_sha = resolve_revision(root, base)
     current = read_workspace_csv(root, files.per_class, "per_class")
     predictions = read_workspace_csv(root, files.predictions, "predictions")
-    history = read_workspace_csv(root, files.history, "history", required=False)
+    history = read_live_history(root / files.live)
     base_per_class = read_revision_csv(root, base_sha, files.per_class, "per_class")
     base_predictions = read_revision_csv(root, base_sha, files.predictions, "predictions")
     metrics_md, params_md = dvc_markdown(root, "metrics", base), dvc_markdown(root, "params", base)

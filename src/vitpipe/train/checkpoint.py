@@ -2,8 +2,12 @@
 
 A checkpoint holds everything the next epoch depends on: the trained weights, optimizer,
 scheduler, EMA, the best weights so far, the history, RNG states, and the key of what made it
-(:mod:`vitpipe.train.resume`: params, classes, images, code, libraries, device). It is resumed only
-when that key is the current run's, and loaded with ``torch.load(weights_only=True)``.
+(:mod:`vitpipe.train.resume`: params, classes, images, code, libraries, device). It lives in
+vitpipe's cache folder, not among the stage's DVC outputs (a persistent output would keep DVC from
+run-caching the stage): ``checkpoints/<key digest>/last.pt``, with the key's parts beside it in
+``key.json``. So a run only ever finds its own checkpoint, a killed run of other settings waits in
+its own folder until they come back, and a finished run deletes its folder. It is resumed only when
+the key stored in it is the current run's, and loaded with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitpipe.cachedir import cache_subdir, make_cache_dir
 from vitpipe.errors import VitpipeError
-from vitpipe.fileio import atomic_path, write_error
+from vitpipe.fileio import atomic_path, read_json, write_error, write_text
 from vitpipe.model.weights import safe_torch_load
-from vitpipe.train.resume import key_changes
+from vitpipe.train.resume import key_changes, key_digest
+
+CHECKPOINT_FILE = "last.pt"
+KEY_FILE = "key.json"  # the key's parts, readable without loading the checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +75,27 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, *, key: dict[str, Any], complete: bool, progress: Progress,
-                    module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    ema: torch.nn.Module | None) -> None:
-    """Writes the checkpoint atomically (a kill mid-write leaves the previous one intact)."""
+def checkpoint_path(key: dict[str, Any], root: Path | None = None) -> Path:
+    """Where the run of ``key`` (:func:`vitpipe.train.resume.key_parts`) keeps its checkpoint, under
+    ``root`` (default: the cache folder's ``checkpoints/``)."""
+    return (cache_subdir("checkpoints") if root is None else Path(root)) / key_digest(key) / CHECKPOINT_FILE
+
+
+def save_checkpoint(path: Path, *, key: dict[str, Any], progress: Progress, module: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, ema: torch.nn.Module | None) -> None:
+    """Writes the checkpoint atomically (a kill mid-write leaves the previous one intact).
+
+    Raises:
+        VitpipeError: the folder cannot be written (full or read-only disk).
+    """
+    try:
+        make_cache_dir(path.parent)  # a new cache root gets vitpipe's tag first
+    except OSError as exc:
+        raise write_error(path.parent, exc) from None
+    if not (path.parent / KEY_FILE).is_file():
+        write_text(path.parent / KEY_FILE, json.dumps(key, sort_keys=True, indent=2) + "\n")  # unrounded
     payload = {
         "key": json.dumps(key, sort_keys=True),
-        "complete": complete,
         "progress": vars(progress),
         "module": module.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -89,9 +111,10 @@ def save_checkpoint(path: Path, *, key: dict[str, Any], complete: bool, progress
 
 
 def load_checkpoint(path: Path, *, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The checkpoint to resume from, or None to start fresh: none, made by another run (the log says
-    what changed), finished, or unreadable."""
+    """The checkpoint to resume from, or None to start fresh: none (the log names the nearest
+    unfinished run of other settings, if any, and what differs), made by another run, or unreadable."""
     if not path.is_file():
+        _note_nearest_other(path.parent.parent, key)
         return None
     try:
         payload = safe_torch_load(path, what="checkpoint")
@@ -108,10 +131,41 @@ def load_checkpoint(path: Path, *, key: dict[str, Any]) -> dict[str, Any] | None
         shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
         logger.info("checkpoint %s was made by another run (changed: %s); starting fresh", path, shown)
         return None
-    if payload.get("complete"):
-        logger.info("checkpoint %s is of a finished run; training again from scratch", path)
-        return None
     return payload
+
+
+def _note_nearest_other(root: Path, key: dict[str, Any]) -> None:
+    """Logs the unfinished run in ``root`` whose key differs least from ``key``, and how."""
+    nearest: list[str] | None = None
+    try:
+        folders = sorted(root.iterdir()) if root.is_dir() else []
+    except OSError:
+        folders = []
+    for folder in folders:
+        try:
+            changes = key_changes(read_json(folder / KEY_FILE), key)
+        except (OSError, ValueError, TypeError, AttributeError, KeyError):  # none, torn or foreign
+            continue
+        if changes and (nearest is None or len(changes) < len(nearest)):
+            nearest = changes
+    if nearest is None:
+        return
+    shown = "; ".join(nearest[:8]) + (f"; and {len(nearest) - 8} more" if len(nearest) > 8 else "")
+    logger.info("no unfinished run of these settings to resume; starting fresh (the nearest unfinished run "
+                "in %s changed: %s; going back to its settings resumes it)", root, shown)
+
+
+def discard_checkpoint(path: Path) -> None:
+    """Deletes a finished run's checkpoint, its key and their folder (if nothing else is in it)."""
+    for name in (CHECKPOINT_FILE, KEY_FILE):
+        try:
+            (path.parent / name).unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning("could not delete %s (%s); `vitpipe cache --clear` removes it", path.parent / name, exc)
+    try:
+        path.parent.rmdir()
+    except OSError:  # not empty (e.g. another run's temporary file), or gone
+        pass
 
 
 def restore(payload: dict[str, Any], *, module: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -1,4 +1,11 @@
-"""The train stage: build the model, pick the engine, run the epochs with checkpoints, write results."""
+"""The train stage: build the model, pick the engine, run the epochs with checkpoints, write results.
+
+What it writes: the best model, with what made it in its metadata (engine, epochs, parameter
+counts, device, library versions, params hash); ``metrics/train.json``, the headline numbers DVC
+reads as metrics (best val accuracy and epoch, epochs run, image counts); and DVCLive's folder
+(:mod:`~vitpipe.train.live`), one row per epoch as each epoch ends. The stage's wall time goes to
+the log only, so a rerun of the same params leaves dvc.lock as it was.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from vitpipe.cachedir import cache_subdir
 from vitpipe.data.index import DatasetIndex
 from vitpipe.data.torchdata import ImageDataset
 from vitpipe.errors import VitpipeError
-from vitpipe.fileio import write_csv, write_json
+from vitpipe.fileio import write_json
 from vitpipe.model.classifier import (
     Classifier,
     ModelInfo,
@@ -45,9 +52,17 @@ from vitpipe.train.batches import (
     LoaderBatches,
     uses_decoded_images,
 )
-from vitpipe.train.checkpoint import Progress, load_checkpoint, restore, save_checkpoint
+from vitpipe.train.checkpoint import (
+    Progress,
+    checkpoint_path,
+    discard_checkpoint,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from vitpipe.train.decoded import DecodedImages, DeviceAugment
 from vitpipe.train.engines import Engine, FeatureEngine, ImageEngine
+from vitpipe.train.live import LiveLog
 from vitpipe.train.recipe import (
     build_ema,
     build_loss,
@@ -61,20 +76,21 @@ from vitpipe.train.resume import key_parts
 
 logger = logging.getLogger(__name__)
 
-# train/val_loss_smoothed: the training objective (train.label_smoothing, mixup's soft targets); only
-# val_cross_entropy is comparable with test.json's loss (plain cross-entropy).
+# The history of each epoch (the checkpoint's, and DVCLive's rows). train/val_loss_smoothed: the training
+# objective (train.label_smoothing, mixup's soft targets); only val_cross_entropy is comparable with
+# test.json's loss (plain cross-entropy).
 HISTORY_COLUMNS = ("epoch", "train_loss_smoothed", "train_accuracy", "val_loss_smoothed", "val_cross_entropy",
                    "val_accuracy", "lr")
 
 
 @dataclass(frozen=True)
 class TrainOutputs:
-    """Where the train stage writes."""
+    """Where the train stage writes (the resumable checkpoint goes to the cache folder, keyed by the run)."""
 
     model: Path
-    checkpoint: Path
-    metrics: Path
-    history: Path
+    metrics: Path  # headline numbers: DVC metrics
+    live: Path  # DVCLive's folder: per-epoch metrics and curves
+    checkpoints: Path | None = None  # where runs keep resumable checkpoints; None: the cache's checkpoints/
 
 
 def _labels(index: DatasetIndex, split: str) -> torch.Tensor:
@@ -125,9 +141,9 @@ def _check_splits(index: DatasetIndex) -> None:
 
 def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
                  cache: FeatureCache | None = None, started: float | None = None) -> dict[str, Any]:
-    """Trains per ``params`` on ``index``; writes the best model, the metrics and the history.
+    """Trains per ``params`` on ``index``; writes the best model, the metrics and DVCLive's files.
 
-    Returns the metrics written to ``outputs.metrics``.
+    Returns what train.json holds, the model's provenance, and ``train_seconds`` (logged, not written).
     """
     started = time.perf_counter() if started is None else started
     t = params.train
@@ -160,7 +176,34 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     scheduler = build_scheduler(optimizer, t)
     ema = build_ema(engine.module, t)
     key = key_parts(params, index, device)
-    progress = _resume_or_start(outputs, key, engine.module, optimizer, scheduler, ema)
+    checkpoint = checkpoint_path(key, outputs.checkpoints)
+    progress = _resume_or_start(checkpoint, key, engine.module, optimizer, scheduler, ema)
+    live = LiveLog(outputs.live, progress.history) if distributed.is_main() else None
+    checkpoint = _run_epochs(t, engine, optimizer, scheduler, ema, progress, live=live, checkpoint=checkpoint, key=key)
+    metrics = {}
+    if live is not None:
+        engine.module.load_state_dict(progress.best_state)
+        headline, provenance = _metrics(params, index, model, engine, info, progress, device)
+        card = card_for(index.classes, params.model, info, spec=spec, precision=t.precision,
+                        feature_dtype=_dtype_name(engine.feature_dtype), feature_runtime=t.feature_runtime,
+                        provenance=provenance)
+        save_model(outputs.model, model.cpu(), card)
+        write_json(outputs.metrics, headline)
+        live.close()
+        if checkpoint is not None:
+            discard_checkpoint(checkpoint)
+        metrics = {**headline, **provenance, "train_seconds": round(time.perf_counter() - started, 1)}
+        logger.info("best val accuracy %.4f at epoch %d of %d (%d valid images); model in %s; %.1f s",
+                    progress.best_accuracy, progress.best_epoch, t.epochs, metrics["val_images"], outputs.model,
+                    metrics["train_seconds"])
+    distributed.teardown()
+    return metrics
+
+
+def _run_epochs(t, engine: Engine, optimizer, scheduler, ema, progress: Progress, *, live: LiveLog | None,
+                checkpoint: Path | None, key: dict[str, Any]) -> Path | None:
+    """The epochs from ``progress.next_epoch`` on; each ends with DVCLive's row and (but the last) a
+    checkpoint, written by the main process. Returns the checkpoint's path, None if it could not be saved."""
     epochs = tqdm(range(progress.next_epoch, t.epochs), desc="epochs", unit="epoch", initial=progress.next_epoch,
                   total=t.epochs, disable=None if distributed.is_main() else True)
     with logging_redirect_tqdm():  # the per-epoch log lines print above the bars
@@ -168,39 +211,41 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
             _run_epoch(epoch, engine, optimizer, scheduler, ema, progress)
             stop = progress.note_validation(progress.history[-1]["val_accuracy"], min_delta=t.min_delta,
                                             patience=t.patience)
-            if distributed.is_main():
-                save_checkpoint(outputs.checkpoint, key=key,
-                                complete=stop or epoch == t.epochs - 1, progress=progress, module=engine.module,
-                                optimizer=optimizer, scheduler=scheduler, ema=ema)
+            if live is not None:
+                live.log_epoch(progress.history[-1])
+                if not (stop or epoch == t.epochs - 1):  # the last epoch's state is the outputs themselves
+                    checkpoint = _checkpointed(checkpoint, key=key, progress=progress, module=engine.module,
+                                               optimizer=optimizer, scheduler=scheduler, ema=ema)
             distributed.barrier()
             if stop:
                 logger.info("early stopping after epoch %d: no val accuracy gain above %g for %d epochs "
                             "(train.patience); best epoch %d", epoch, t.min_delta, t.patience, progress.best_epoch)
                 break
-    metrics = {}
-    if distributed.is_main():
-        engine.module.load_state_dict(progress.best_state)
-        card = card_for(index.classes, params.model, info, spec=spec, precision=t.precision,
-                        feature_dtype=_dtype_name(engine.feature_dtype), feature_runtime=t.feature_runtime)
-        save_model(outputs.model, model.cpu(), card)
-        write_csv(outputs.history, progress.history, columns=HISTORY_COLUMNS)
-        metrics = _metrics(params, index, model, engine, info, progress, device, started)
-        write_json(outputs.metrics, metrics)
-        logger.info("best val accuracy %.4f at epoch %d of %d (%d valid images); model in %s",
-                    progress.best_accuracy, progress.best_epoch, t.epochs, metrics["val_images"], outputs.model)
-    distributed.teardown()
-    return metrics
+    return checkpoint
 
 
-def _resume_or_start(outputs: TrainOutputs, key: dict[str, Any], module, optimizer, scheduler, ema) -> Progress:
-    payload = load_checkpoint(outputs.checkpoint, key=key)
+def _resume_or_start(checkpoint: Path, key: dict[str, Any], module, optimizer, scheduler, ema) -> Progress:
+    payload = load_checkpoint(checkpoint, key=key)
     progress = None if payload is None else restore(payload, module=module, optimizer=optimizer,
                                                     scheduler=scheduler, ema=ema)
     if progress is None:
         return Progress()
-    logger.info("resuming from %s: epochs 0-%d done, best val accuracy %.4f (epoch %d)", outputs.checkpoint,
+    logger.info("resuming from %s: epochs 0-%d done, best val accuracy %.4f (epoch %d)", checkpoint,
                 progress.next_epoch - 1, progress.best_accuracy, progress.best_epoch)
     return progress
+
+
+def _checkpointed(path: Path | None, **state: Any) -> Path | None:
+    """Saves the checkpoint at ``path``; returns None (no more checkpoints this run) when the cache
+    folder cannot take it: training goes on, a kill would then start it over."""
+    if path is None:
+        return None
+    try:
+        save_checkpoint(path, **state)
+    except VitpipeError as exc:
+        logger.warning("%s; no checkpoints this run (a killed run starts over)", str(exc).split(". ")[0])
+        return None
+    return path
 
 
 def _run_epoch(epoch: int, engine, optimizer, scheduler, ema, progress: Progress) -> None:
@@ -225,19 +270,21 @@ def _dtype_name(dtype: torch.dtype | None) -> str | None:
 
 
 def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Engine, info: ModelInfo,
-             progress: Progress, device: torch.device, started: float) -> dict[str, Any]:
-    """metrics/train.json: the best epoch, what was trained on what, and the provenance."""
+             progress: Progress, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics/train.json: the best epoch and what was trained on; the model card's provenance: how)."""
     t = params.train
     set_backbone_trainable(model, t.backbone_ever_trains)  # count what the run trained, not the last state
     trainable, total = count_parameters(model)
-    return {
+    headline = {
         "best_val_accuracy": progress.best_accuracy,
         "best_epoch": progress.best_epoch,
-        "epochs": t.epochs,
         "epochs_run": len(progress.history),
         "stopped_early": progress.stopped_early,
         "train_images": len(index.samples("train")),
         "val_images": len(index.samples("valid")),
+    }
+    return headline, {
+        "epochs": t.epochs,
         "engine": engine.name,
         "cache_views": t.cache_views if engine.feature_dtype is not None else 0,
         "class_weights": t.class_weights,
@@ -252,5 +299,4 @@ def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Eng
         "torch": torch.__version__,
         "timm": timm.__version__,
         "params_hash": params.training_hash(),
-        "train_seconds": round(time.perf_counter() - started, 1),
     }

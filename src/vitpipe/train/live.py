@@ -1,0 +1,95 @@
+"""Per-epoch metrics through DVCLive, written as each epoch ends (``dvc plots``, VS Code, Studio).
+
+DVCLive writes ``<dir>/plots/metrics/{train,val}/*.tsv`` and ``lr.tsv`` (one row per epoch, ``step``
+is the epoch) and ``<dir>/metrics.json`` (the last epoch's values). vitpipe's ``dvc.yaml`` declares
+the folder as an output and its TSVs as plots, so DVCLive writes no ``dvc.yaml`` of its own
+(``dvcyaml=False``), saves no experiment (``save_dvc_exp=False``: ``dvc exp run`` does that) and
+logs no timestamps (equal runs, equal bytes).
+
+Resume follows vitpipe's checkpoint, not DVCLive's own step counter: the folder is rewritten from
+the checkpoint's history, then the run goes on. A kill between the checkpoint and DVCLive's write
+(or DVC deleting the stage's outputs before it reruns it) can then leave no row twice or missing,
+so a resumed run's files equal an uninterrupted run's, byte for byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dvc.exceptions import NotDvcRepoError
+from dvc.repo import Repo
+from dvclive import Live
+from scmrepo.exceptions import SCMError
+
+from vitpipe.errors import VitpipeError
+from vitpipe.fileio import write_error
+
+logger = logging.getLogger(__name__)
+
+# history column -> DVCLive metric name ("train/accuracy" -> plots/metrics/train/accuracy.tsv)
+LIVE_NAMES = {"train_loss_smoothed": "train/loss_smoothed", "train_accuracy": "train/accuracy",
+              "val_loss_smoothed": "val/loss_smoothed", "val_cross_entropy": "val/cross_entropy",
+              "val_accuracy": "val/accuracy", "lr": "lr"}
+DIGITS = 6  # as vitpipe.fileio rounds its JSON and CSV
+_REFUSED_ENV = ("DVCLIVE_RESUME", "DVCLIVE_TEST")
+
+
+class _Live(Live):
+    """DVCLive that leaves a folder outside any DVC repository alone.
+
+    Outside one, DVCLive 3.49 runs ``dvc init`` in the enclosing git repository (and fails with a
+    traceback in a git repository without commits); vitpipe only wants the files there (``vitpipe
+    bench``, a stage script run by hand elsewhere). Inside one it is DVCLive's own set-up.
+    """
+
+    def _init_dvc(self) -> None:
+        try:
+            Repo.find_root()
+        except NotDvcRepoError:
+            return
+        try:
+            super()._init_dvc()
+        except SCMError as exc:  # e.g. a git repository without commits: nothing to link the run to
+            logger.debug("DVCLive without git: %s", exc)
+
+
+class LiveLog:
+    """DVCLive's logger for the epochs of one run; only the process that writes files opens one."""
+
+    def __init__(self, folder: Path, history: Iterable[Mapping[str, Any]]):
+        """Opens DVCLive in ``folder`` (DVCLive clears its own files there) and writes ``history``,
+        the epochs a resumed run has done, as they were written the first time."""
+        set_env = [name for name in _REFUSED_ENV if os.environ.get(name)]
+        if set_env:
+            raise VitpipeError(f"{set_env[0]} is set: vitpipe resumes DVCLive's files from its own checkpoint "
+                               f"and writes them into the stage's folder; unset {set_env[0]} and run again.")
+        self.folder = Path(folder)
+        try:
+            self._live = _Live(str(self.folder), resume=False, report=None, save_dvc_exp=False, dvcyaml=False)
+        except OSError as exc:
+            raise write_error(self.folder, exc) from None
+        for row in history:
+            self.log_epoch(row)
+
+    def log_epoch(self, row: Mapping[str, Any]) -> None:
+        """Appends one epoch (a history row with ``epoch`` and the :data:`LIVE_NAMES` columns)."""
+        self._live.step = int(row["epoch"])
+        try:
+            for column, name in LIVE_NAMES.items():
+                value = row[column]
+                self._live.log_metric(name, round(value, DIGITS) if isinstance(value, float) else value,
+                                      timestamp=False)
+            self._live.next_step()
+        except OSError as exc:  # a full or read-only disk
+            raise write_error(self.folder, exc) from None
+
+    def close(self) -> None:
+        """Writes DVCLive's summary (``metrics.json``) one last time."""
+        try:
+            self._live.end()
+        except OSError as exc:
+            raise write_error(self.folder, exc) from None
