@@ -43,3 +43,37 @@ def test_requires_python_is_not_higher_than_needed():
     floors = [_floor(SpecifierSet(s)) for n in _pins() if (s := metadata.metadata(n).get("Requires-Python"))]
     needed = max([DATA_FILTER, *floors])
     assert _floor(SpecifierSet(PROJECT["requires-python"])) == needed
+
+
+PROJECT_PINS = [re.match(r"[A-Za-z0-9_.-]+", requirement).group() for requirement in PROJECT["dependencies"]]
+
+
+def _imported_modules() -> set[str]:
+    """Top-level modules that src/ and stages/ import (the stage scripts run them all)."""
+    import ast
+
+    found = set()
+    for path in [*(REPO / "src").rglob("*.py"), *(REPO / "stages").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_every_third_party_module_the_code_imports_comes_from_a_pinned_dependency():
+    """A package installed by hand into the venv hides a missing pin until a fresh clone's `make repro`
+    fails (dvclive did): every import outside the standard library and vitpipe must be provided by
+    distribution pinned in pyproject.toml (one that another pin pulls in today may not tomorrow)."""
+    import sys
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pinned = {norm(name) for name in PROJECT_PINS}
+    providers = metadata.packages_distributions()
+    third_party = {m for m in _imported_modules() if m not in sys.stdlib_module_names and m != "vitpipe"}
+    assert {"torch", "dvclive", "timm"} <= third_party  # the walk sees the imports
+    unpinned = sorted(m for m in third_party if not {norm(d) for d in providers.get(m, [])} & pinned)
+    assert not unpinned, f"imported but not pinned in pyproject.toml's dependencies: {unpinned}"
