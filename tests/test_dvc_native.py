@@ -94,7 +94,11 @@ def _queue_done(work: Path, env: dict[str, str]) -> bool:
 @pytest.mark.slow
 def test_a_queued_grid_runs_on_two_workers_that_inherit_the_feature_cache_dir(tiny_repo, tmp_path):
     work, env = tiny_repo
-    queued = _run(work, env, DVC, "exp", "run", "--queue", "-S", "train.lr=1e-3,5e-4")
+    # the committed results the grid is compared with (train.lr 1e-3), in a cache of their own
+    _run(work, {**env, "VITPIPE_CACHE_DIR": str(tmp_path / "repro-cache")}, DVC, "repro")
+    _run(work, env, "git", "add", "-A")
+    _run(work, env, "git", "commit", "-qm", "results")
+    queued = _run(work, env, DVC, "exp", "run", "--queue", "-S", "train.lr=2e-3,5e-4")
     assert queued.stdout.count("Queued experiment") == 2  # a grid: one experiment per value
 
     cache = tmp_path / "shared-cache"
@@ -114,7 +118,7 @@ def test_a_queued_grid_runs_on_two_workers_that_inherit_the_feature_cache_dir(ti
             data = exp["revs"][0]["data"]
             lr = data["params"]["params.yaml"]["data"]["train"]["lr"]
             results[lr] = (exp["name"], data["metrics"]["metrics/test.json"]["data"]["n_images"])
-    assert sorted(results) == [0.0005, 0.001]
+    assert sorted(results) == [0.0005, 0.002]
     assert all(n_images == 12 for _, n_images in results.values())  # both scored every test image
 
     assert list(cache.rglob("features.sqlite")), "the workers did not use VITPIPE_CACHE_DIR"
@@ -128,6 +132,12 @@ def test_a_queued_grid_runs_on_two_workers_that_inherit_the_feature_cache_dir(ti
     images = {"train": 3 * 8, "valid": 3 * 4, "test": 3 * 4}
     for split, n in images.items():
         assert sum(int(computed) for s, _, _, computed in passes if s == split) == n, passes
+
+    # Queued runs add DVC's State and Executor columns; the README's command keeps the table whole
+    table = _run(work, {**env, "COLUMNS": "160"}, DVC, "exp", "show", "--only-changed", "--drop",
+                 "Created|Executor").stdout
+    assert "…" not in table and all(len(line) <= 160 for line in table.splitlines()), table
+    assert "train.lr" in table and "State" in table and all(name in table for name, _ in results.values())
 
 
 # --- a sweep in `dvc exp show`, the run-cache, DVCLive's plots, a clean git status ----------------
