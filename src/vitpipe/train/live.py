@@ -38,6 +38,42 @@ DIGITS = 6  # as vitpipe.fileio rounds its JSON and CSV
 _REFUSED_ENV = ("DVCLIVE_RESUME", "DVCLIVE_TEST")
 
 
+# What vitpipe's DVCLive leaves in its folder (DVC writes the .gitignore for the cached metrics.json).
+# DVCLive clears more than this when it opens a folder (params.yaml, dvc.yaml, report.*, every
+# plots/ type), so a folder holding anything else is refused before DVCLive opens it.
+_OWN_TOP = {"metrics.json", "plots", ".gitignore"}
+
+
+def check_live_folder(folder: Path) -> None:
+    """Refuses, in one line, a DVCLive folder that is a link, not a folder, or holds files vitpipe's
+    DVCLive did not write: DVCLive deletes files there (params.yaml, dvc.yaml, plots/...) when it opens.
+
+    Raises:
+        VitpipeError: naming the folder, what is in the way, and the fix.
+    """
+    folder = Path(folder)
+    fix = "give a new or empty folder for DVCLive's files (dvc.yaml's train stage uses --live dvclive)"
+    if folder.is_symlink():
+        raise VitpipeError(f"--live {folder}: is a symbolic link; vitpipe does not write through links: {fix}.")
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise VitpipeError(f"--live {folder}: is a file, not a folder: {fix}.")
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in _OWN_TOP)
+    plots = folder / "plots"
+    if plots.is_symlink() or plots.is_file():
+        foreign.append("plots")
+    elif plots.is_dir():
+        foreign += [f"plots/{p.name}" for p in plots.iterdir()
+                    if p.name != "metrics" or not p.is_dir() or p.is_symlink()]
+        if (plots / "metrics").is_dir():
+            foreign += [str(p.relative_to(folder)) for p in (plots / "metrics").rglob("*")
+                        if p.is_symlink() or (p.is_file() and p.suffix != ".tsv")]
+    if foreign:
+        raise VitpipeError(f"--live {folder}: holds files vitpipe did not write ({', '.join(sorted(foreign)[:3])}), "
+                           f"which DVCLive would delete when it opens the folder: {fix}.")
+
+
 class _Live(Live):
     """DVCLive that leaves a folder outside any DVC repository alone.
 
@@ -68,6 +104,7 @@ class LiveLog:
             raise VitpipeError(f"{set_env[0]} is set: vitpipe resumes DVCLive's files from its own checkpoint "
                                f"and writes them into the stage's folder; unset {set_env[0]} and run again.")
         self.folder = Path(folder)
+        check_live_folder(self.folder)
         try:
             self._live = _Live(str(self.folder), resume=False, report=None, save_dvc_exp=False, dvcyaml=False)
         except OSError as exc:

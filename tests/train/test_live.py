@@ -1,0 +1,82 @@
+"""DVCLive's folder (`--live`): DVCLive deletes files there when it opens it (params.yaml, dvc.yaml,
+report.*, plots/<type>/), so vitpipe refuses, before any work, a folder that is a link, a file, or
+holds files vitpipe's DVCLive did not write; the user's files stay as they were."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, tiny_params, train_outputs
+
+from vitpipe.errors import VitpipeError
+from vitpipe.train.training import run_training
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize(("case", "named"), [
+    ("a repository root", "dvc.yaml, params.yaml"),  # `--live .`: DVCLive would delete both
+    ("a plots type of DVCLive's", "plots/images"),
+    ("a file among the curves", "plots/metrics/notes.txt"),
+    ("a file", "is a file"),
+    ("a link", "symbolic link"),
+])
+def test_a_live_folder_holding_other_files_is_refused_before_training_and_left_alone(tmp_path, tiny_index, case,
+                                                                                     named):
+    out, live = tmp_path / "out", tmp_path / "out" / "dvclive"
+    out.mkdir()
+    if case == "a repository root":
+        live.mkdir()
+        (live / "dvc.yaml").write_text("stages: {}\n")
+        (live / "params.yaml").write_text("train: {lr: 0.001}\n")
+        (live / "metrics.json").write_text("{}\n")
+    elif case == "a plots type of DVCLive's":
+        (live / "plots" / "images").mkdir(parents=True)
+        (live / "plots" / "images" / "photo.png").write_bytes(b"\x89PNG")
+    elif case == "a file among the curves":
+        (live / "plots" / "metrics").mkdir(parents=True)
+        (live / "plots" / "metrics" / "notes.txt").write_text("mine")
+    elif case == "a file":
+        live.write_text("not a folder")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "metrics.json").write_text("{}\n")
+        live.symlink_to(tmp_path / "elsewhere")
+    before = _snapshot(tmp_path)
+    with pytest.raises(VitpipeError, match=f"--live .*{named}") as refused:
+        run_training(tiny_params(epochs=1), tiny_index, train_outputs(out))
+    assert "new or empty folder" in str(refused.value) and "\n" not in str(refused.value)
+    assert _snapshot(tmp_path) == before  # nothing written, nothing deleted (the link's target included)
+    assert not (out / "model.safetensors").exists()
+
+
+def test_a_previous_live_folder_is_rewritten(tmp_path, tiny_index):
+    """What vitpipe's DVCLive wrote (and DVC's .gitignore beside it) is its own: a rerun replaces it."""
+    out = tmp_path / "out"
+    run_training(tiny_params(epochs=2), tiny_index, train_outputs(out))
+    (out / "dvclive" / ".gitignore").write_text("/metrics.json\n")
+    first = _snapshot(out / "dvclive")
+    run_training(tiny_params(epochs=2), tiny_index, train_outputs(out))
+    assert _snapshot(out / "dvclive") == first
+
+
+def test_the_stage_script_refuses_live_dot_in_one_line(tmp_path, tiny_index):
+    """`stages/train.py --live .` in a repository: one line, exit 2, dvc.yaml and params.yaml kept."""
+    tiny_index.save(tmp_path / "index.json")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 1\n")
+    before = _snapshot(tmp_path)
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--index", "index.json",
+                           "--model", "m.safetensors", "--metrics", "t.json", "--live", "."],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "VITPIPE_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if "ERROR" in ln or "error" in ln]
+    assert "--live .: holds files vitpipe did not write (dvc.yaml, index.json, params.yaml)" in line
+    assert _snapshot(tmp_path) == before
