@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import io
 import json
 import os
@@ -178,3 +179,12 @@ def write_csv(path: Path | str, rows: Sequence[Mapping[str, Any]], *, columns: S
 def read_json(path: Path | str) -> Any:
     """Reads a JSON file written by :func:`write_json`."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of the file's bytes, read in 1 MiB chunks (the digest the split-check indexes images by)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

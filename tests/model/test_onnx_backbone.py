@@ -75,7 +75,7 @@ def test_the_export_is_cached_once_and_a_cold_one_gives_the_same_bytes(backbone,
     feats = first(images)
     (onnx_file,) = tmp_path.glob("*.onnx")
     assert first.export_seconds > 0 and onnx_file.stem == first.file_key(SIZE)
-    assert onnx_file.with_suffix(".sha256").read_text().strip() == onnx_backbone._sha256(onnx_file)
+    assert onnx_file.with_suffix(".sha256").read_text().strip() == onnx_backbone.file_sha256(onnx_file)
     again = _onnx(backbone, precision, tmp_path)
     assert torch.equal(again(images), feats) and again.export_seconds == 0  # loaded, not exported
     other = _onnx(backbone, precision, onnx_root)  # exported by another test, in another folder
@@ -127,14 +127,14 @@ def test_a_damaged_cached_file_is_rebuilt(backbone, images, tmp_path, onnx_root,
     with caplog.at_level(logging.WARNING):
         assert torch.equal(rebuilt(images), feats)
     assert rebuilt.export_seconds > 0 and "is damaged" in caplog.text and "rebuilding it" in caplog.text
-    assert onnx_file.with_suffix(".sha256").read_text().strip() == onnx_backbone._sha256(onnx_file)
+    assert onnx_file.with_suffix(".sha256").read_text().strip() == onnx_backbone.file_sha256(onnx_file)
 
 
 def test_a_file_onnxruntime_cannot_load_is_rebuilt_even_with_a_matching_digest(backbone, images, tmp_path,
                                                                                onnx_root, caplog):
     onnx_file, feats = _copy_cached(backbone, images, onnx_root, tmp_path)
     onnx_file.write_bytes(b"not a graph")
-    onnx_file.with_suffix(".sha256").write_text(onnx_backbone._sha256(onnx_file))
+    onnx_file.with_suffix(".sha256").write_text(onnx_backbone.file_sha256(onnx_file))
     with caplog.at_level(logging.WARNING):
         assert torch.equal(_onnx(backbone, "fp32", tmp_path)(images), feats)
     assert "onnxruntime cannot load it" in caplog.text and "rebuilding it" in caplog.text

@@ -25,6 +25,7 @@ from pathlib import Path
 from vitpipe.data.images import is_image_file
 from vitpipe.data.index import SPLITS
 from vitpipe.errors import VitpipeError
+from vitpipe.fileio import file_sha256
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "validation": "valid",
                  "val": "valid", "test": "test", "testing": "test"}
@@ -134,15 +135,6 @@ def refuse_link_out(path: Path, top: Path) -> None:
         raise VitpipeError(f"{path}: a link to {real}, outside the source folder {top}; vitpipe reads only "
                            f"files inside it (a link out would put that file in data/raw and the DVC cache). "
                            f"Replace the link by the file, or remove it.")
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of the file's bytes, read in chunks (the same digest the split-check indexes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def split_of(content_sha256: str, *, seed: int, val_fraction: float, test_fraction: float) -> str:

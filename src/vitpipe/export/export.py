@@ -9,7 +9,6 @@ deletes only what it wrote.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -24,7 +23,7 @@ from vitpipe.export.onnx_file import (
     max_abs_difference,
 )
 from vitpipe.export.timm_folder import check_timm_compatible, write_timm_folder
-from vitpipe.fileio import atomic_dir, write_text
+from vitpipe.fileio import atomic_dir, file_sha256, write_text
 from vitpipe.model.model_file import load_model
 from vitpipe.params import Params
 
@@ -71,7 +70,7 @@ def export_model(model_path: Path, fmt: str, out: Path | None = None, *, metrics
             raise VitpipeError(f"--out {out}: cannot write there ({exc.strerror or exc}); "
                                f"choose a writable directory.") from None
         if fmt == "onnx":
-            export_classifier(model, card, tmp / "model.onnx", source_sha256=_sha256(Path(model_path)))
+            export_classifier(model, card, tmp / "model.onnx", source_sha256=file_sha256(Path(model_path)))
             _log_check(tmp / "model.onnx", ExportedLogits(model, round_features=bool(card.feature_dtype)),
                        card.eval_transform.crop)
         else:
@@ -125,14 +124,6 @@ def _shareable(folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
     for path in folder.iterdir():
         path.chmod(0o666 & ~umask)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _log_check(path: Path, module: torch.nn.Module, size: int) -> None:

@@ -39,7 +39,7 @@ from torch import nn
 
 from vitpipe.cachedir import ENV, cache_subdir, make_cache_dir
 from vitpipe.errors import VitpipeError
-from vitpipe.fileio import atomic_path, write_text
+from vitpipe.fileio import atomic_path, file_sha256, write_text
 from vitpipe.runtime import ONNX_LIBRARIES, code_digest
 
 logger = logging.getLogger(__name__)
@@ -144,14 +144,6 @@ def load_session(path: Path) -> Any:
         raise VitpipeError(f"{path}: onnxruntime cannot load it ({first}); {_RUNTIME_FIX}.") from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class OnnxBackbone:
     """``backbone`` on onnxruntime's CPU provider: ``(B, 3, H, W)`` images -> ``(B, D)`` fp32 features.
 
@@ -216,7 +208,7 @@ class OnnxBackbone:
             return None
         recorded = path.with_suffix(".sha256")
         try:
-            intact = recorded.read_text(encoding="ascii").strip() == _sha256(path)
+            intact = recorded.read_text(encoding="ascii").strip() == file_sha256(path)
         except (OSError, UnicodeDecodeError):
             intact = False
         if intact:
@@ -242,7 +234,7 @@ class OnnxBackbone:
                 try:
                     with atomic_path(path) as out:
                         shutil.copyfile(built, out)
-                    write_text(path.with_suffix(".sha256"), _sha256(path) + "\n")
+                    write_text(path.with_suffix(".sha256"), file_sha256(path) + "\n")
                 except (OSError, VitpipeError) as exc:
                     logger.warning("could not keep the ONNX backbone in the cache (%s); the next run exports it "
                                    "again", exc)
