@@ -80,3 +80,32 @@ def test_the_stage_script_refuses_live_dot_in_one_line(tmp_path, tiny_index):
     (line,) = [ln for ln in proc.stderr.splitlines() if "ERROR" in ln or "error" in ln]
     assert "--live .: holds files vitpipe did not write (dvc.yaml, index.json, params.yaml)" in line
     assert _snapshot(tmp_path) == before
+
+
+def _train_stage(tmp_path, tiny_index, **env: str) -> subprocess.CompletedProcess:
+    """stages/train.py on the tiny index in ``tmp_path`` (no repository), with ``env`` added."""
+    tiny_index.save(tmp_path / "index.json")
+    (tmp_path / "params.yaml").write_text("model: {name: test_vit, img_size: 32, head_hidden: 16}\n"
+                                          "train: {epochs: 1, batch_size: 8, val_batch_size: 8, num_workers: 0}\n")
+    return subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--index", "index.json",
+                           "--model", "m.safetensors", "--metrics", "t.json", "--live", "dvclive"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "VITPIPE_CACHE_DIR": str(tmp_path / "cache"), **env})
+
+
+@pytest.mark.parametrize("level", ["verbose", "", "10"])
+def test_a_dvclive_loglevel_that_is_not_a_level_is_one_line_before_any_work(tmp_path, tiny_index, level):
+    """DVCLive reads DVCLIVE_LOGLEVEL when it is imported: an unknown level was a ValueError traceback."""
+    proc = _train_stage(tmp_path, tiny_index, DVCLIVE_LOGLEVEL=level)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if "ERROR" in ln]
+    assert f"DVCLIVE_LOGLEVEL={level!r} is not a logging level" in line and "unset it" in line
+    assert not (tmp_path / "dvclive").exists() and not (tmp_path / "cache").exists()
+
+
+def test_dvclives_own_log_lines_print_once(tmp_path, tiny_index):
+    """DVCLive and Studio's client add their own console handlers: each of their lines printed twice."""
+    proc = _train_stage(tmp_path, tiny_index, DVCLIVE_LOGLEVEL="debug")
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "dvclive" in ln]
+    assert lines and all(" DEBUG dvclive: " in ln or " INFO dvclive: " in ln for ln in lines), lines
