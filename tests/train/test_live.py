@@ -24,6 +24,8 @@ def _snapshot(folder):
     ("a repository root", "dvc.yaml, params.yaml"),  # `--live .`: DVCLive would delete both
     ("a plots type of DVCLive's", "plots/images"),
     ("a file among the curves", "plots/metrics/notes.txt"),
+    ("a curve of the user's", "plots/metrics/mine.tsv"),  # a .tsv, but not one vitpipe writes
+    ("a folder of curves of the user's", "plots/metrics/extra"),
     ("a file", "is a file"),
     ("a link", "symbolic link"),
 ])
@@ -42,6 +44,13 @@ def test_a_live_folder_holding_other_files_is_refused_before_training_and_left_a
     elif case == "a file among the curves":
         (live / "plots" / "metrics").mkdir(parents=True)
         (live / "plots" / "metrics" / "notes.txt").write_text("mine")
+    elif case == "a curve of the user's":
+        (live / "plots" / "metrics" / "val").mkdir(parents=True)
+        (live / "plots" / "metrics" / "val" / "accuracy.tsv").write_text("step\taccuracy\n0\t0.5\n")  # vitpipe's
+        (live / "plots" / "metrics" / "mine.tsv").write_text("step\tx\n0\t1\n")
+    elif case == "a folder of curves of the user's":
+        (live / "plots" / "metrics" / "extra").mkdir(parents=True)
+        (live / "plots" / "metrics" / "extra" / "y.tsv").write_text("step\ty\n0\t1\n")
     elif case == "a file":
         live.write_text("not a folder")
     else:

@@ -65,8 +65,10 @@ def check_live_folder(folder: Path) -> None:
         foreign += [f"plots/{p.name}" for p in plots.iterdir()
                     if p.name != "metrics" or not p.is_dir() or p.is_symlink()]
         if (plots / "metrics").is_dir():
+            own = {f"{name}.tsv" for name in LIVE_NAMES.values()}
+            own |= {str(Path(name).parent) for name in own} - {"."}
             foreign += [str(p.relative_to(folder)) for p in (plots / "metrics").rglob("*")
-                        if p.is_symlink() or (p.is_file() and p.suffix != ".tsv")]
+                        if p.is_symlink() or p.relative_to(plots / "metrics").as_posix() not in own]
     if foreign:
         raise VitpipeError(f"--live {folder}: holds files vitpipe did not write ({', '.join(sorted(foreign)[:3])}), "
                            f"which DVCLive would delete when it opens the folder: {fix}.")
