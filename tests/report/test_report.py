@@ -223,3 +223,22 @@ def test_the_curves_are_read_from_the_files_dvclive_writes(tmp_path):
     (tmp_path / "dvclive" / "plots" / "metrics" / "lr.tsv").write_text("epoch,lr\n0,1\n")
     with pytest.raises(VitpipeError, match=r"lr.tsv: columns \['epoch,lr'\], not step and lr"):
         read_live_history(tmp_path / "dvclive")
+
+
+@pytest.mark.parametrize("damage", ["not JSON", "a list", "missing"])
+def test_a_workspace_metrics_file_dvc_cannot_read_is_named_in_the_report(repo, tmp_path, damage, caplog):
+    """DVC shows an unreadable metrics file's values as '-', as if removed, and says so on stderr
+    only (no file named): the report named nothing."""
+    test_json = repo / "metrics" / "test.json"
+    kept = test_json.read_bytes()
+    try:
+        if damage == "missing":
+            test_json.unlink()
+        else:
+            test_json.write_text("{not json" if damage == "not JSON" else "[1, 2]")
+        write_report("HEAD", tmp_path / "r.md", repo=repo)
+    finally:
+        test_json.write_bytes(kept)
+    text = (tmp_path / "r.md").read_text()
+    assert "> Not read in the workspace (missing, or not laid out as vitpipe writes it): `metrics/test.json`" in text
+    assert "metrics/test.json: missing or not laid out as vitpipe writes it" in caplog.text

@@ -9,6 +9,7 @@ PNG plots in a folder beside the markdown (``report.md`` -> ``report/``), linked
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
@@ -88,6 +89,19 @@ def dvc_markdown(root: Path, what: str, base: str) -> str:
         lines = [ln for ln in done.stderr.splitlines() if ln.strip()] or [f"exit status {done.returncode}"]
         raise VitpipeError(f"`dvc {what} diff {base}` failed in {root}: {lines[-1].strip()}")
     return done.stdout.strip()
+
+
+def unreadable_metrics(root: Path) -> list[str]:
+    """The workspace's metrics files DVC could not read or found no numbers in (missing, not JSON, a
+    list or a string where vitpipe writes an object): ``dvc metrics diff`` shows them as ``-`` alone."""
+    done = _run([*_dvc_command(), "metrics", "show", "--json"], root)
+    try:
+        shown = json.loads(done.stdout or "{}")
+    except ValueError:
+        return []
+    files = next(iter(shown.values()), {}).get("data", {}) if isinstance(shown, dict) and shown else {}
+    return sorted(path for path, entry in files.items()
+                  if "error" in entry or not (isinstance(entry.get("data"), dict) and entry["data"]))
 
 
 def _parse_csv(text: str, source: str, kind: str) -> pd.DataFrame:
@@ -178,9 +192,12 @@ def _split_metrics_table(table: str) -> tuple[str, list[str], int]:
         len(per_class) - len(accuracy)
 
 
-def _metrics_section(metrics_md: str) -> list[str]:
+def _metrics_section(metrics_md: str, unreadable: Sequence[str] = ()) -> list[str]:
     headline, accuracy, n_dropped = _split_metrics_table(metrics_md)
     out = ["## Metrics (`dvc metrics diff`)", ""]
+    if unreadable:
+        out += [f"> Not read in the workspace (missing, or not laid out as vitpipe writes it): "
+                f"{', '.join(f'`{f}`' for f in unreadable)}: what it held shows as `-` below. Rerun `dvc repro`.", ""]
     out += [headline or "No overall metric changed.", ""]
     if accuracy:
         out += [f"<details><summary>Per-class accuracy that changed ({len(accuracy) - 2} classes)</summary>", "",
@@ -278,7 +295,10 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
     lines += [f"Test accuracy: **{_overall(current)}**"
               + ("" if base_per_class is None else f", `{base}`: {_overall(base_per_class)}"), ""]
     lines += significance.markdown_section(base_predictions, predictions, base_name=base, top=top)
-    lines += _metrics_section(metrics_md)
+    unreadable = unreadable_metrics(root)
+    if unreadable:
+        logger.warning("%s: missing or not laid out as vitpipe writes it; shown as '-'", ", ".join(unreadable))
+    lines += _metrics_section(metrics_md, unreadable)
     lines += ["## Parameters (`dvc params diff`)", "", params_md or "No parameter changed.", ""]
     lines += _class_sections(current, base_per_class, predictions, base_predictions, base_name=base, top=top)
     lines += _gallery_section(worst, n_wrong, images is not None, plot_dir, files.index)
