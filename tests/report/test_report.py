@@ -242,3 +242,20 @@ def test_a_workspace_metrics_file_dvc_cannot_read_is_named_in_the_report(repo, t
     text = (tmp_path / "r.md").read_text()
     assert "> Not read in the workspace (missing, or not laid out as vitpipe writes it): `metrics/test.json`" in text
     assert "metrics/test.json: missing or not laid out as vitpipe writes it" in caplog.text
+
+
+@pytest.mark.parametrize(("rows", "named"), [
+    ("x\t0.1\n1\t0.2\n", "step 'x' is not an epoch number"),  # was a ValueError traceback in the merge
+    ("0\tabc\n1\t0.2\n", "accuracy 'abc' is not a number"),  # was plotted as a category, silently
+    ("0\t0.1\n0\t0.2\n", "epoch 0 twice"),  # was a row per pair in the merged table
+])
+def test_a_hand_edited_dvclive_tsv_is_one_line_naming_the_file(tmp_path, rows, named):
+    curves = tmp_path / "dvclive" / "plots" / "metrics" / "val"
+    curves.mkdir(parents=True)
+    (curves / "loss_smoothed.tsv").write_text("step\tloss_smoothed\n0\t2.0\n1\t1.5\n")
+    (curves / "accuracy.tsv").write_text("step\taccuracy\n" + rows)
+    from vitpipe.report.history import read_live_history
+
+    with pytest.raises(VitpipeError, match=rf"accuracy.tsv: {named}.*rerun `dvc repro`") as err:
+        read_live_history(tmp_path / "dvclive")
+    assert "\n" not in str(err.value)
