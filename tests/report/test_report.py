@@ -259,3 +259,22 @@ def test_a_hand_edited_dvclive_tsv_is_one_line_naming_the_file(tmp_path, rows, n
     with pytest.raises(VitpipeError, match=rf"accuracy.tsv: {named}.*rerun `dvc repro`") as err:
         read_live_history(tmp_path / "dvclive")
     assert "\n" not in str(err.value)
+
+
+def test_a_base_with_the_older_layout_is_not_reported_as_every_class_changed(repo, tmp_path):
+    """The base's test.json holds per_class (an older vitpipe's); the workspace's does not (now
+    per_class.csv/json): DVC lists every per-class number with '-' in the workspace, and the report
+    said "Per-class accuracy that changed (3 classes)" on the same numbers."""
+    test_json = repo / "metrics" / "test.json"
+    kept = test_json.read_bytes()
+    headline = {k: v for k, v in json.loads(kept).items() if k != "per_class"}
+    try:
+        test_json.write_text(json.dumps(headline))
+        write_report("HEAD", tmp_path / "r.md", repo=repo)
+    finally:
+        test_json.write_bytes(kept)
+    text = (tmp_path / "r.md").read_text()
+    assert "Per-class accuracy that changed" not in text and "other per-class metric(s) changed" not in text
+    assert "One side keeps per-class numbers in `test.json` (an older vitpipe's layout" in text
+    assert re.search(r"\| metrics/test.json\s*\| accuracy\s*\| 0\.58333\s*\| 0\.66667", text)  # headline kept
+    assert "| PAPER KITE |" in text  # the class tables still compare per_class.csv

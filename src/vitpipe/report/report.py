@@ -175,26 +175,32 @@ def _overall(per_class: pd.DataFrame) -> str:
     return f"{correct / total:.4f} ({correct}/{total})"
 
 
-def _split_metrics_table(table: str) -> tuple[str, list[str], int]:
+def _split_metrics_table(table: str) -> tuple[str, list[str], int, bool]:
     """``dvc metrics diff --md`` -> (table without per-class rows or '', its header and per-class
-    accuracy rows, number of other per-class rows dropped).
+    accuracy rows, number of other per-class rows dropped, whether per-class rows were on one side only).
 
     Per-class rows are six per class: all of them could overflow a PR comment (65,536 characters).
+    They are DVC metrics only in an older vitpipe's test.json (now per_class.csv/json, plots): a row
+    with a value on one side alone is that layout change, not a changed class, and is dropped.
     """
     lines = table.splitlines()
     if len(lines) < 3:
-        return table, [], 0
+        return table, [], 0, False
     head, rows = lines[:2], lines[2:]
     per_class = [r for r in rows if re.search(r"\|\s*per_class\.", r)]
     other = [r for r in rows if r not in per_class]
-    accuracy = [r for r in per_class if re.search(r"\.accuracy\s*\|", r)]
+    both = [r for r in per_class if "-" not in [cell.strip() for cell in r.split("|")[3:5]]]
+    accuracy = [r for r in both if re.search(r"\.accuracy\s*\|", r)]
     return ("\n".join(head + other) if other else ""), (head + accuracy if accuracy else []), \
-        len(per_class) - len(accuracy)
+        len(both) - len(accuracy), len(both) < len(per_class)
 
 
 def _metrics_section(metrics_md: str, unreadable: Sequence[str] = ()) -> list[str]:
-    headline, accuracy, n_dropped = _split_metrics_table(metrics_md)
+    headline, accuracy, n_dropped, moved = _split_metrics_table(metrics_md)
     out = ["## Metrics (`dvc metrics diff`)", ""]
+    if moved:
+        out += ["> One side keeps per-class numbers in `test.json` (an older vitpipe's layout; now "
+                "`per_class.csv`/`per_class.json`): they are compared in the class tables below, not here.", ""]
     if unreadable:
         out += [f"> Not read in the workspace (missing, or not laid out as vitpipe writes it): "
                 f"{', '.join(f'`{f}`' for f in unreadable)}: what it held shows as `-` below. Rerun `dvc repro`.", ""]
