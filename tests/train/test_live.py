@@ -95,7 +95,7 @@ def _train_stage(tmp_path, tiny_index, **env: str) -> subprocess.CompletedProces
     """stages/train.py on the tiny index in ``tmp_path`` (no repository), with ``env`` added."""
     tiny_index.save(tmp_path / "index.json")
     (tmp_path / "params.yaml").write_text("model: {name: test_vit, img_size: 32, head_hidden: 16}\n"
-                                          "train: {epochs: 1, batch_size: 8, val_batch_size: 8, num_workers: 0}\n")
+                                          "train: {epochs: 2, batch_size: 8, val_batch_size: 8, num_workers: 0}\n")
     return subprocess.run([sys.executable, str(REPO / "stages" / "train.py"), "--index", "index.json",
                            "--model", "m.safetensors", "--metrics", "t.json", "--live", "dvclive"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -112,9 +112,15 @@ def test_a_dvclive_loglevel_that_is_not_a_level_is_one_line_before_any_work(tmp_
     assert not (tmp_path / "dvclive").exists() and not (tmp_path / "cache").exists()
 
 
-def test_dvclives_own_log_lines_print_once(tmp_path, tiny_index):
-    """DVCLive and Studio's client add their own console handlers: each of their lines printed twice."""
-    proc = _train_stage(tmp_path, tiny_index, DVCLIVE_LOGLEVEL="debug")
+def test_dvclives_and_vitpipes_log_lines_print_once(tmp_path, tiny_index):
+    """DVCLive and Studio's client add their own console handlers: each of their lines printed twice.
+    And DVC wraps sys.stderr when imported: imported after the stage set up logging, tqdm's redirect
+    kept the first handler beside its own, and every line logged during the epochs printed twice."""
+    (tmp_path / "a-file").write_text("not a folder")  # no checkpoints: one warning during the epochs
+    proc = _train_stage(tmp_path, tiny_index, DVCLIVE_LOGLEVEL="debug",
+                        VITPIPE_CACHE_DIR=str(tmp_path / "a-file" / "cache"))
     assert proc.returncode == 0, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if "dvclive" in ln]
+    lines = [ln for ln in proc.stderr.splitlines() if "dvclive:" in ln]
     assert lines and all(" DEBUG dvclive: " in ln or " INFO dvclive: " in ln for ln in lines), lines
+    for said in ("no checkpoints this run", "epoch 1: train loss"):
+        assert len([ln for ln in proc.stderr.splitlines() if said in ln]) == 1, proc.stderr

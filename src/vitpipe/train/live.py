@@ -20,6 +20,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+# DVC wraps sys.stdout and sys.stderr (colorama) when first imported: imported here, before an entry
+# point sets up logging, so the console handler holds the wrapped stream and tqdm's logging redirect
+# replaces it (a handler made before the wrap is kept beside tqdm's: every line printed twice).
+from dvc.exceptions import NotDvcRepoError
+from dvc.repo import Repo
+from scmrepo.exceptions import SCMError
+
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import write_error
 
@@ -99,10 +106,7 @@ def _live_class() -> type:
     traceback in a git repository without commits); vitpipe only wants the files there (``vitpipe
     bench``, a stage script run by hand elsewhere). Inside one it is DVCLive's own set-up.
     """
-    from dvc.exceptions import NotDvcRepoError
-    from dvc.repo import Repo
-    from dvclive import Live
-    from scmrepo.exceptions import SCMError
+    from dvclive import Live  # reads DVCLIVE_LOGLEVEL on import: after check_live_env
 
     for name in _OWN_HANDLERS:  # their lines go through the entry point's handler, once
         logging.getLogger(name).handlers.clear()
