@@ -188,3 +188,42 @@ def test_metrics_and_dvc_lock_of_another_shape_are_not_quoted_and_never_a_traceb
     write_json(odd / "per_class.json", [{"class": c, "correct": 0, "support": 1, "accuracy": 0.0} for c in classes])
     assert main(["export", "--model", str(model_path), "--format", "timm", "--out", "out", "--metrics", str(odd)]) == 0
     assert f"{odd / 'test.json'}: not laid out as vitpipe writes it" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_per_class_rows_of_another_shape_name_per_class_json_not_test_json(model_path, metrics, tmp_path, classes):
+    """A hand-edited per_class.json (a row without `correct`) was blamed on test.json."""
+    odd = tmp_path / "metrics"
+    odd.mkdir()
+    (odd / "test.json").write_bytes((metrics / "test.json").read_bytes())
+    write_json(odd / "per_class.json", [{"class": c, "accuracy": 0.5, "support": 2} for c in classes])
+    export_model(model_path, "timm", tmp_path / "out", metrics_dir=odd, params=None)
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert f"{odd / 'per_class.json'}: not laid out as vitpipe writes it: not quoted." in readme
+    assert f"{odd / 'test.json'}: not laid out" not in readme
+
+
+def test_metrics_edited_after_evaluate_are_flagged_against_dvc_lock(model_path, metrics, tmp_path, monkeypatch):
+    """dvc.lock records the model evaluate scored and the files it wrote: the card said "Scored on this
+    very model file" above numbers edited by hand since."""
+    import hashlib
+    import shutil
+
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(metrics, tmp_path / "metrics")
+    shutil.copy(model_path, tmp_path / "model.safetensors")
+
+    def entry(path: str) -> dict:
+        return {"path": path, "hash": "md5", "md5": hashlib.md5(Path(path).read_bytes()).hexdigest()}  # noqa: S324
+
+    stage = {"deps": [entry("model.safetensors")], "outs": [entry("metrics/per_class.json"), entry("metrics/test.json")]}
+    Path("dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"evaluate": stage}}))
+    export_model(Path("model.safetensors"), "timm", Path("out"), metrics_dir=Path("metrics"), params=None)
+    assert "Scored on this very model file" in Path("out/README.md").read_text()
+
+    write_json(Path("metrics/test.json"), {"accuracy": 0.99, "correct": 49, "n_images": 50})
+    export_model(Path("model.safetensors"), "timm", Path("out"), metrics_dir=Path("metrics"), params=None)
+    readme = Path("out/README.md").read_text()
+    assert "Caution: dvc.lock records evaluate writing other bytes to metrics/test.json" in readme
+    assert "Scored on this very model file" not in readme

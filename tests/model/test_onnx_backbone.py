@@ -233,3 +233,19 @@ def test_torch_and_each_onnxruntime_precision_key_their_own_entries(backbone, gr
         got = _features(again, _extractor(backbone, runtime, precision, onnx_root), grown_index, transforms[0],
                         samples)
         assert again.computed == 0 and torch.equal(got, expected)
+
+
+def test_a_link_in_place_of_the_cached_file_is_not_read_and_only_the_link_is_replaced(backbone, images, tmp_path,
+                                                                                      onnx_root, caplog):
+    """A cached ONNX file that is a link to a file elsewhere (its digest beside it matching) was loaded
+    through the link; links never read outside their root."""
+    onnx_file, feats = _copy_cached(backbone, images, onnx_root, tmp_path / "cache")
+    outside = tmp_path / "elsewhere.onnx"
+    onnx_file.rename(outside)
+    onnx_file.symlink_to(outside)
+    before = outside.read_bytes()
+    rebuilt = _onnx(backbone, "fp32", tmp_path / "cache")
+    with caplog.at_level(logging.WARNING):
+        assert torch.equal(rebuilt(images), feats)
+    assert rebuilt.export_seconds > 0 and "is a link" in caplog.text and "rebuilding it" in caplog.text
+    assert not onnx_file.is_symlink() and outside.read_bytes() == before

@@ -223,3 +223,58 @@ def test_the_curves_are_read_from_the_files_dvclive_writes(tmp_path):
     (tmp_path / "dvclive" / "plots" / "metrics" / "lr.tsv").write_text("epoch,lr\n0,1\n")
     with pytest.raises(VitpipeError, match=r"lr.tsv: columns \['epoch,lr'\], not step and lr"):
         read_live_history(tmp_path / "dvclive")
+
+
+@pytest.mark.parametrize("damage", ["not JSON", "a list", "missing"])
+def test_a_workspace_metrics_file_dvc_cannot_read_is_named_in_the_report(repo, tmp_path, damage, caplog):
+    """DVC shows an unreadable metrics file's values as '-', as if removed, and says so on stderr
+    only (no file named): the report named nothing."""
+    test_json = repo / "metrics" / "test.json"
+    kept = test_json.read_bytes()
+    try:
+        if damage == "missing":
+            test_json.unlink()
+        else:
+            test_json.write_text("{not json" if damage == "not JSON" else "[1, 2]")
+        write_report("HEAD", tmp_path / "r.md", repo=repo)
+    finally:
+        test_json.write_bytes(kept)
+    text = (tmp_path / "r.md").read_text()
+    assert "> Not read in the workspace (missing, or not laid out as vitpipe writes it): `metrics/test.json`" in text
+    assert "metrics/test.json: missing or not laid out as vitpipe writes it" in caplog.text
+
+
+@pytest.mark.parametrize(("rows", "named"), [
+    ("x\t0.1\n1\t0.2\n", "step 'x' is not an epoch number"),  # was a ValueError traceback in the merge
+    ("0\tabc\n1\t0.2\n", "accuracy 'abc' is not a number"),  # was plotted as a category, silently
+    ("0\t0.1\n0\t0.2\n", "epoch 0 twice"),  # was a row per pair in the merged table
+])
+def test_a_hand_edited_dvclive_tsv_is_one_line_naming_the_file(tmp_path, rows, named):
+    curves = tmp_path / "dvclive" / "plots" / "metrics" / "val"
+    curves.mkdir(parents=True)
+    (curves / "loss_smoothed.tsv").write_text("step\tloss_smoothed\n0\t2.0\n1\t1.5\n")
+    (curves / "accuracy.tsv").write_text("step\taccuracy\n" + rows)
+    from vitpipe.report.history import read_live_history
+
+    with pytest.raises(VitpipeError, match=rf"accuracy.tsv: {named}.*rerun `dvc repro`") as err:
+        read_live_history(tmp_path / "dvclive")
+    assert "\n" not in str(err.value)
+
+
+def test_a_base_with_the_older_layout_is_not_reported_as_every_class_changed(repo, tmp_path):
+    """The base's test.json holds per_class (an older vitpipe's); the workspace's does not (now
+    per_class.csv/json): DVC lists every per-class number with '-' in the workspace, and the report
+    said "Per-class accuracy that changed (3 classes)" on the same numbers."""
+    test_json = repo / "metrics" / "test.json"
+    kept = test_json.read_bytes()
+    headline = {k: v for k, v in json.loads(kept).items() if k != "per_class"}
+    try:
+        test_json.write_text(json.dumps(headline))
+        write_report("HEAD", tmp_path / "r.md", repo=repo)
+    finally:
+        test_json.write_bytes(kept)
+    text = (tmp_path / "r.md").read_text()
+    assert "Per-class accuracy that changed" not in text and "other per-class metric(s) changed" not in text
+    assert "One side keeps per-class numbers in `test.json` (an older vitpipe's layout" in text
+    assert re.search(r"\| metrics/test.json\s*\| accuracy\s*\| 0\.58333\s*\| 0\.66667", text)  # headline kept
+    assert "| PAPER KITE |" in text  # the class tables still compare per_class.csv

@@ -32,7 +32,8 @@ def render_model_card(card: ModelCard, *, model_path: Path, metrics_dir: Path, p
     parts = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {card.model.name}, fine-tuned by vitpipe: {len(card.classes)} classes", "",
              _usage(card), _settings(card), _params(params, card.provenance),
-             _metrics(card, metrics_dir / "test.json", metrics_dir / "per_class.json", _verified(model_path, dvc_lock)),
+             _metrics(card, metrics_dir / "test.json", metrics_dir / "per_class.json",
+                      _verified(model_path, dvc_lock, metrics_dir / "test.json", metrics_dir / "per_class.json")),
              _data(card, metrics_dir / "data.json"), _provenance(card)]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -131,8 +132,11 @@ def _metrics(card: ModelCard, path: Path, per_class_path: Path, verified: str) -
              f"- accuracy: {test['accuracy']:.4f} ({test['correct']}/{test['n_images']} images)",
              f"- top-5 accuracy: {test.get('top5_accuracy')}", f"- macro F1: {test.get('macro_f1')}",
              f"- loss: {test.get('loss')}", "", "| class | accuracy | correct / images |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {'—' if c.get('accuracy') is None else format(c['accuracy'], '.4f')} | "
-              f"{c['correct']}/{c['support']} |" for name, c in per_class.items()]
+    try:
+        lines += [f"| {name} | {'—' if c.get('accuracy') is None else format(c['accuracy'], '.4f')} | "
+                  f"{c['correct']}/{c['support']} |" for name, c in per_class.items()]
+    except (KeyError, TypeError, ValueError, AttributeError):  # the rows, not test.json, are another shape
+        return head + f"{per_class_path}: not laid out as vitpipe writes it: not quoted.\n"
     return head + "\n".join(lines) + "\n"
 
 
@@ -161,20 +165,32 @@ def _provenance(card: ModelCard) -> str:
     return head + _table(card.provenance)
 
 
-def _verified(model_path: Path, dvc_lock: Path) -> str:
-    """Whether dvc.lock says the evaluate stage scored this very file."""
-    rel = Path(os.path.relpath(Path(model_path).absolute(), dvc_lock.absolute().parent)).as_posix()
+def _verified(model_path: Path, dvc_lock: Path, *metrics: Path) -> str:
+    """Whether dvc.lock says the evaluate stage scored this very file, and wrote ``metrics`` as they are."""
+    def rel(path: Path) -> str:
+        return Path(os.path.relpath(Path(path).absolute(), dvc_lock.absolute().parent)).as_posix()
+
+    def md5(path: Path) -> str | None:
+        try:
+            return hashlib.md5(Path(path).read_bytes()).hexdigest()  # noqa: S324 - DVC's own file hash
+        except OSError:
+            return None
+
     try:
-        lock = yaml.safe_load(dvc_lock.read_text(encoding="utf-8"))
-        deps = lock["stages"]["evaluate"]["deps"]
-        recorded = next((d.get("md5") for d in deps if isinstance(d, dict) and d.get("path") == rel), None)
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # ValueError: not UTF-8
+        stage = yaml.safe_load(dvc_lock.read_text(encoding="utf-8"))["stages"]["evaluate"]
+        deps, outs = ({d.get("path"): d.get("md5") for d in stage.get(kind) or () if isinstance(d, dict)}
+                      for kind in ("deps", "outs"))
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):  # ValueError: not UTF-8
         return f"Not checked against the model file ({dvc_lock} has no evaluate stage here)."
-    actual = hashlib.md5(Path(model_path).read_bytes()).hexdigest()  # noqa: S324 - DVC's own file hash
-    if recorded == actual:
-        return f"Scored on this very model file ({dvc_lock}: evaluate's {rel}, md5 {actual})."
-    return (f"Caution: {dvc_lock} records evaluate's {rel} as md5 {recorded}, this model file is {actual}: "
-            f"these metrics may be another model's.")
+    recorded, actual = deps.get(rel(model_path)), md5(model_path)
+    if recorded != actual:
+        return (f"Caution: {dvc_lock} records evaluate's {rel(model_path)} as md5 {recorded}, this model file is "
+                f"{actual}: these metrics may be another model's.")
+    edited = [rel(m) for m in metrics if rel(m) in outs and outs[rel(m)] != md5(m)]
+    if edited:
+        return (f"Caution: {dvc_lock} records evaluate writing other bytes to {', '.join(edited)} (edited after "
+                f"`dvc repro`?): these numbers may not be the evaluate stage's.")
+    return f"Scored on this very model file ({dvc_lock}: evaluate's {rel(model_path)}, md5 {actual})."
 
 
 def _flat(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:

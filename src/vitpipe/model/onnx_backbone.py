@@ -204,6 +204,9 @@ class OnnxBackbone:
 
     def _cached(self, path: Path) -> Any | None:
         """The session of the cached file, or None when there is none or it is damaged (then rebuilt)."""
+        if path.is_symlink():  # the cache holds the files vitpipe wrote: nothing is read through a link
+            logger.warning("cached ONNX backbone %s is a link, not a file vitpipe wrote; rebuilding it", path)
+            return None
         if not path.exists():
             return None
         recorded = path.with_suffix(".sha256")

@@ -138,7 +138,8 @@ def safe_torch_load(path: Path, *, what: str) -> Any:
                            f"only tensors, and loading those could run code. Use a .safetensors file, or a .pth "
                            f"of plain tensors.") from None
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a foreign file
-        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split(". ")[0].splitlines()[0][:160] or type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split(". ")[0].strip()
+        reason = text.splitlines()[0][:160] if text else type(exc).__name__  # an empty file: a bare EOFError
         raise VitpipeError(f"{what}: {path} is not a readable PyTorch checkpoint ({reason}); download it again "
                            f"or convert it to .safetensors.") from None
 

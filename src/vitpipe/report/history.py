@@ -31,6 +31,20 @@ def read_live_history(folder: Path) -> pd.DataFrame | None:
         if list(frame.columns) != ["step", path.stem]:
             raise VitpipeError(f"{path}: columns {list(frame.columns)}, not step and {path.stem}; it was not "
                                f"written by vitpipe's train stage; rerun `dvc repro`.")
+        _check_rows(path, frame)
         frame = frame.rename(columns={"step": "epoch", path.stem: name.replace("/", "_")})
         table = frame if table is None else table.merge(frame, on="epoch", how="outer")
     return table.sort_values("epoch").reset_index(drop=True)
+
+
+def _check_rows(path: Path, frame: pd.DataFrame) -> None:
+    """Each row an integer epoch (once) and a number (an edited file is refused, not plotted as text)."""
+    steps, values = (pd.to_numeric(frame[c], errors="coerce") for c in ("step", path.stem))
+    bad_step = frame["step"][steps.isna() | (steps != steps.round())]
+    bad_value = frame[path.stem][values.isna() & frame[path.stem].notna()]
+    twice = steps[steps.duplicated()]
+    problem = (f"step {bad_step.iloc[0]!r} is not an epoch number" if len(bad_step) else
+               f"{path.stem} {bad_value.iloc[0]!r} is not a number" if len(bad_value) else
+               f"epoch {int(twice.iloc[0])} twice" if len(twice) else None)
+    if problem:
+        raise VitpipeError(f"{path}: {problem}; it was not written by vitpipe's train stage; rerun `dvc repro`.")

@@ -9,6 +9,7 @@ PNG plots in a folder beside the markdown (``report.md`` -> ``report/``), linked
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
@@ -90,6 +91,19 @@ def dvc_markdown(root: Path, what: str, base: str) -> str:
     return done.stdout.strip()
 
 
+def unreadable_metrics(root: Path) -> list[str]:
+    """The workspace's metrics files DVC could not read or found no numbers in (missing, not JSON, a
+    list or a string where vitpipe writes an object): ``dvc metrics diff`` shows them as ``-`` alone."""
+    done = _run([*_dvc_command(), "metrics", "show", "--json"], root)
+    try:
+        shown = json.loads(done.stdout or "{}")
+    except ValueError:
+        return []
+    files = next(iter(shown.values()), {}).get("data", {}) if isinstance(shown, dict) and shown else {}
+    return sorted(path for path, entry in files.items()
+                  if "error" in entry or not (isinstance(entry.get("data"), dict) and entry["data"]))
+
+
 def _parse_csv(text: str, source: str, kind: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(io.StringIO(text), keep_default_na=False,
@@ -161,26 +175,35 @@ def _overall(per_class: pd.DataFrame) -> str:
     return f"{correct / total:.4f} ({correct}/{total})"
 
 
-def _split_metrics_table(table: str) -> tuple[str, list[str], int]:
+def _split_metrics_table(table: str) -> tuple[str, list[str], int, bool]:
     """``dvc metrics diff --md`` -> (table without per-class rows or '', its header and per-class
-    accuracy rows, number of other per-class rows dropped).
+    accuracy rows, number of other per-class rows dropped, whether per-class rows were on one side only).
 
     Per-class rows are six per class: all of them could overflow a PR comment (65,536 characters).
+    They are DVC metrics only in an older vitpipe's test.json (now per_class.csv/json, plots): a row
+    with a value on one side alone is that layout change, not a changed class, and is dropped.
     """
     lines = table.splitlines()
     if len(lines) < 3:
-        return table, [], 0
+        return table, [], 0, False
     head, rows = lines[:2], lines[2:]
     per_class = [r for r in rows if re.search(r"\|\s*per_class\.", r)]
     other = [r for r in rows if r not in per_class]
-    accuracy = [r for r in per_class if re.search(r"\.accuracy\s*\|", r)]
+    both = [r for r in per_class if "-" not in [cell.strip() for cell in r.split("|")[3:5]]]
+    accuracy = [r for r in both if re.search(r"\.accuracy\s*\|", r)]
     return ("\n".join(head + other) if other else ""), (head + accuracy if accuracy else []), \
-        len(per_class) - len(accuracy)
+        len(both) - len(accuracy), len(both) < len(per_class)
 
 
-def _metrics_section(metrics_md: str) -> list[str]:
-    headline, accuracy, n_dropped = _split_metrics_table(metrics_md)
+def _metrics_section(metrics_md: str, unreadable: Sequence[str] = ()) -> list[str]:
+    headline, accuracy, n_dropped, moved = _split_metrics_table(metrics_md)
     out = ["## Metrics (`dvc metrics diff`)", ""]
+    if moved:
+        out += ["> One side keeps per-class numbers in `test.json` (an older vitpipe's layout; now "
+                "`per_class.csv`/`per_class.json`): they are compared in the class tables below, not here.", ""]
+    if unreadable:
+        out += [f"> Not read in the workspace (missing, or not laid out as vitpipe writes it): "
+                f"{', '.join(f'`{f}`' for f in unreadable)}: what it held shows as `-` below. Rerun `dvc repro`.", ""]
     out += [headline or "No overall metric changed.", ""]
     if accuracy:
         out += [f"<details><summary>Per-class accuracy that changed ({len(accuracy) - 2} classes)</summary>", "",
@@ -278,7 +301,10 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
     lines += [f"Test accuracy: **{_overall(current)}**"
               + ("" if base_per_class is None else f", `{base}`: {_overall(base_per_class)}"), ""]
     lines += significance.markdown_section(base_predictions, predictions, base_name=base, top=top)
-    lines += _metrics_section(metrics_md)
+    unreadable = unreadable_metrics(root)
+    if unreadable:
+        logger.warning("%s: missing or not laid out as vitpipe writes it; shown as '-'", ", ".join(unreadable))
+    lines += _metrics_section(metrics_md, unreadable)
     lines += ["## Parameters (`dvc params diff`)", "", params_md or "No parameter changed.", ""]
     lines += _class_sections(current, base_per_class, predictions, base_predictions, base_name=base, top=top)
     lines += _gallery_section(worst, n_wrong, images is not None, plot_dir, files.index)

@@ -24,7 +24,7 @@ import torch
 
 from vitpipe.cachedir import cache_subdir, make_cache_dir
 from vitpipe.errors import VitpipeError
-from vitpipe.fileio import atomic_path, read_json, write_error, write_text
+from vitpipe.fileio import atomic_path, read_json, remove_stale_temps, write_error, write_text
 from vitpipe.model.weights import safe_torch_load
 from vitpipe.train.resume import key_changes, key_digest
 
@@ -92,6 +92,10 @@ def save_checkpoint(path: Path, *, key: dict[str, Any], progress: Progress, modu
         make_cache_dir(path.parent)  # a new cache root gets vitpipe's tag first
     except OSError as exc:
         raise write_error(path.parent, exc) from None
+    for own in (path, path.parent / KEY_FILE):
+        if own.is_dir() and not own.is_symlink():
+            raise VitpipeError(f"could not write {own}: a folder vitpipe did not make is in its place; "
+                               f"move it out of the cache folder")
     if not (path.parent / KEY_FILE).is_file():
         write_text(path.parent / KEY_FILE, json.dumps(key, sort_keys=True, indent=2) + "\n")  # unrounded
     payload = {
@@ -113,6 +117,9 @@ def save_checkpoint(path: Path, *, key: dict[str, Any], progress: Progress, modu
 def load_checkpoint(path: Path, *, key: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint to resume from, or None to start fresh: none (the log names the nearest
     unfinished run of other settings, if any, and what differs), made by another run, or unreadable."""
+    if path.is_symlink():  # the cache holds vitpipe's own files: nothing is read through a link
+        logger.warning("checkpoint %s is a link, not a checkpoint vitpipe wrote; starting fresh", path)
+        return None
     if not path.is_file():
         _note_nearest_other(path.parent.parent, key)
         return None
@@ -156,8 +163,10 @@ def _note_nearest_other(root: Path, key: dict[str, Any]) -> None:
 
 
 def discard_checkpoint(path: Path) -> None:
-    """Deletes a finished run's checkpoint, its key and their folder (if nothing else is in it)."""
+    """Deletes a finished run's checkpoint, its key, the temporary files a killed write of them left,
+    and their folder (if nothing else is in it)."""
     for name in (CHECKPOINT_FILE, KEY_FILE):
+        remove_stale_temps(path.parent / name)
         try:
             (path.parent / name).unlink(missing_ok=True)
         except OSError as exc:

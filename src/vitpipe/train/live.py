@@ -20,9 +20,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+# DVC wraps sys.stdout and sys.stderr (colorama) when first imported: imported here, before an entry
+# point sets up logging, so the console handler holds the wrapped stream and tqdm's logging redirect
+# replaces it (a handler made before the wrap is kept beside tqdm's: every line printed twice).
 from dvc.exceptions import NotDvcRepoError
 from dvc.repo import Repo
-from dvclive import Live
 from scmrepo.exceptions import SCMError
 
 from vitpipe.errors import VitpipeError
@@ -36,6 +38,9 @@ LIVE_NAMES = {"train_loss_smoothed": "train/loss_smoothed", "train_accuracy": "t
               "val_accuracy": "val/accuracy", "lr": "lr"}
 DIGITS = 6  # as vitpipe.fileio rounds its JSON and CSV
 _REFUSED_ENV = ("DVCLIVE_RESUME", "DVCLIVE_TEST")
+# Read by DVCLive and Studio's client as they are imported (a bad value is a ValueError there).
+_LEVEL_ENV = ("DVCLIVE_LOGLEVEL", "DVC_STUDIO_CLIENT_LOGLEVEL")
+_OWN_HANDLERS = ("dvclive", "dvc_studio_client")  # loggers that add a console handler of their own
 
 
 # What vitpipe's DVCLive leaves in its folder (DVC writes the .gitignore for the cached metrics.json).
@@ -67,30 +72,57 @@ def check_live_folder(folder: Path) -> None:
         foreign += [f"plots/{p.name}" for p in plots.iterdir()
                     if p.name != "metrics" or not p.is_dir() or p.is_symlink()]
         if (plots / "metrics").is_dir():
+            own = {f"{name}.tsv" for name in LIVE_NAMES.values()}
+            own |= {str(Path(name).parent) for name in own} - {"."}
             foreign += [str(p.relative_to(folder)) for p in (plots / "metrics").rglob("*")
-                        if p.is_symlink() or (p.is_file() and p.suffix != ".tsv")]
+                        if p.is_symlink() or p.relative_to(plots / "metrics").as_posix() not in own]
     if foreign:
         raise VitpipeError(f"--live {folder}: holds files vitpipe did not write ({', '.join(sorted(foreign)[:3])}), "
                            f"which DVCLive would delete when it opens the folder: {fix}.")
 
 
-class _Live(Live):
-    """DVCLive that leaves a folder outside any DVC repository alone.
+def check_live_env() -> None:
+    """Refuses, in one line, environment variables that would break DVCLive or its files.
+
+    Raises:
+        VitpipeError: naming the variable and the fix.
+    """
+    set_env = [name for name in _REFUSED_ENV if os.environ.get(name)]
+    if set_env:
+        raise VitpipeError(f"{set_env[0]} is set: vitpipe resumes DVCLive's files from its own checkpoint "
+                           f"and writes them into the stage's folder; unset {set_env[0]} and run again.")
+    for name in _LEVEL_ENV:
+        value = os.environ.get(name)
+        if value is not None and not isinstance(logging.getLevelName(value.upper()), int):
+            raise VitpipeError(f"{name}={value!r} is not a logging level; set it to DEBUG, INFO, WARNING, ERROR "
+                               f"or CRITICAL, or unset it.")
+
+
+def _live_class() -> type:
+    """DVCLive's ``Live``, imported once the environment is checked, that leaves a folder outside
+    any DVC repository alone.
 
     Outside one, DVCLive 3.49 runs ``dvc init`` in the enclosing git repository (and fails with a
     traceback in a git repository without commits); vitpipe only wants the files there (``vitpipe
     bench``, a stage script run by hand elsewhere). Inside one it is DVCLive's own set-up.
     """
+    from dvclive import Live  # reads DVCLIVE_LOGLEVEL on import: after check_live_env
 
-    def _init_dvc(self) -> None:
-        try:
-            Repo.find_root()
-        except NotDvcRepoError:
-            return
-        try:
-            super()._init_dvc()
-        except SCMError as exc:  # e.g. a git repository without commits: nothing to link the run to
-            logger.debug("DVCLive without git: %s", exc)
+    for name in _OWN_HANDLERS:  # their lines go through the entry point's handler, once
+        logging.getLogger(name).handlers.clear()
+
+    class _Live(Live):
+        def _init_dvc(self) -> None:
+            try:
+                Repo.find_root()
+            except NotDvcRepoError:
+                return
+            try:
+                super()._init_dvc()
+            except SCMError as exc:  # e.g. a git repository without commits: nothing to link the run to
+                logger.debug("DVCLive without git: %s", exc)
+
+    return _Live
 
 
 class LiveLog:
@@ -99,14 +131,12 @@ class LiveLog:
     def __init__(self, folder: Path, history: Iterable[Mapping[str, Any]]):
         """Opens DVCLive in ``folder`` (DVCLive clears its own files there) and writes ``history``,
         the epochs a resumed run has done, as they were written the first time."""
-        set_env = [name for name in _REFUSED_ENV if os.environ.get(name)]
-        if set_env:
-            raise VitpipeError(f"{set_env[0]} is set: vitpipe resumes DVCLive's files from its own checkpoint "
-                               f"and writes them into the stage's folder; unset {set_env[0]} and run again.")
+        check_live_env()
         self.folder = Path(folder)
         check_live_folder(self.folder)
+        live_class = _live_class()
         try:
-            self._live = _Live(str(self.folder), resume=False, report=None, save_dvc_exp=False, dvcyaml=False)
+            self._live = live_class(str(self.folder), resume=False, report=None, save_dvc_exp=False, dvcyaml=False)
         except OSError as exc:
             raise write_error(self.folder, exc) from None
         for row in history:

@@ -62,7 +62,7 @@ from vitpipe.train.checkpoint import (
 )
 from vitpipe.train.decoded import DecodedImages, DeviceAugment
 from vitpipe.train.engines import Engine, FeatureEngine, ImageEngine
-from vitpipe.train.live import LiveLog, check_live_folder
+from vitpipe.train.live import LiveLog, check_live_env, check_live_folder
 from vitpipe.train.recipe import (
     build_ema,
     build_loss,
@@ -149,6 +149,7 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     t = params.train
     _check_splits(index)
     if distributed.is_main():
+        check_live_env()
         check_live_folder(outputs.live)  # before any work: DVCLive clears files in its folder
     if distributed.enabled() and t.uses_feature_cache:
         raise VitpipeError("torchrun runs full fine-tuning; with a frozen backbone and train.cache_views > 0 "

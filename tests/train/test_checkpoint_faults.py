@@ -1,0 +1,143 @@
+"""A damaged checkpoint folder in the cache: the run warns and goes on (fresh or resumed), never a
+traceback, and nothing outside vitpipe's own files is read, written or deleted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_params, train_outputs
+
+from vitpipe.errors import VitpipeError
+from vitpipe.model.weights import safe_torch_load
+from vitpipe.train import training
+from vitpipe.train.checkpoint import KEY_FILE, checkpoint_path
+from vitpipe.train.resume import key_parts
+from vitpipe.train.training import run_training
+
+CPU = torch.device("cpu")
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL right after a checkpoint was written."""
+
+
+def _killed_after_first_epoch(monkeypatch, params, index, out: Path) -> Path:
+    real = training.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "save_checkpoint", save_then_die)
+        with pytest.raises(Killed):
+            run_training(params, index, train_outputs(out))
+    path = checkpoint_path(key_parts(params, index, CPU))
+    assert path.is_file()
+    return path
+
+
+def test_an_empty_checkpoint_is_one_line_not_a_traceback(tmp_path):
+    """torch.load's EOFError has no message: the reason was an IndexError traceback."""
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(VitpipeError, match=r"^checkpoint: .*last.pt is not a readable PyTorch checkpoint \(EOFError"):
+        safe_torch_load(tmp_path / "last.pt", what="checkpoint")
+
+
+DAMAGE = {
+    "empty": lambda p: p.write_bytes(b""),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:4096]),
+    "not torch": lambda p: p.write_text("garbage\n"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_checkpoint_warns_and_the_run_starts_fresh(damage, tmp_path, tiny_index, monkeypatch, caplog):
+    params = tiny_params(epochs=3)
+    path = _killed_after_first_epoch(monkeypatch, params, tiny_index, tmp_path)
+    DAMAGE[damage](path)
+    caplog.set_level("INFO")
+    metrics = run_training(params, tiny_index, train_outputs(tmp_path))
+    assert metrics["epochs_run"] == 3 and "resuming from" not in caplog.text
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and str(path) in warned[0] and warned[0].endswith("; starting fresh"), warned
+    assert not path.parent.exists()  # finished: its own folder is gone
+
+
+def test_a_checkpoint_that_is_a_link_is_not_read_through_nor_deleted(tmp_path, tiny_index, monkeypatch, caplog):
+    """A link in the cache folder pointing elsewhere: vitpipe reads no checkpoint through it and
+    deletes only the link, never what it points at."""
+    params = tiny_params(epochs=3)
+    path = _killed_after_first_epoch(monkeypatch, params, tiny_index, tmp_path)
+    outside = tmp_path / "elsewhere.pt"
+    path.rename(outside)
+    path.symlink_to(outside)
+    before = outside.read_bytes()
+    caplog.set_level("INFO")
+    run_training(params, tiny_index, train_outputs(tmp_path))
+    assert "resuming from" not in caplog.text and "is a link" in caplog.text
+    assert outside.read_bytes() == before and not path.parent.exists()
+
+
+def test_a_folder_in_place_of_the_checkpoint_warns_and_is_left_alone(tmp_path, tiny_index, monkeypatch, caplog):
+    params = tiny_params(epochs=4)
+    path = _killed_after_first_epoch(monkeypatch, params, tiny_index, tmp_path)
+    path.unlink()
+    path.mkdir()
+    (path / "mine.txt").write_text("the user's")
+    caplog.set_level("INFO")
+    assert run_training(params, tiny_index, train_outputs(tmp_path))["epochs_run"] == 4
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and str(path) in warned[0] and ".;" not in warned[0], warned
+    assert (path / "mine.txt").read_text() == "the user's"
+
+
+@pytest.mark.parametrize("damage", ["empty", "not JSON", "a folder", "a link"])
+def test_a_damaged_key_file_does_not_stop_the_resume(damage, tmp_path, tiny_index, monkeypatch, caplog):
+    """key.json is for people and for naming the nearest run; the key that decides is in last.pt."""
+    params = tiny_params(epochs=3)
+    path = _killed_after_first_epoch(monkeypatch, params, tiny_index, tmp_path)
+    key = path.parent / KEY_FILE
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text("{}\n")
+    key.unlink()
+    if damage == "a folder":
+        key.mkdir()
+    elif damage == "a link":
+        key.symlink_to(outside)
+    else:
+        key.write_text("" if damage == "empty" else "{not json")
+    caplog.set_level("INFO")
+    assert run_training(params, tiny_index, train_outputs(tmp_path))["epochs_run"] == 3
+    assert "resuming from" in caplog.text and "Traceback" not in caplog.text
+    assert outside.read_text() == "{}\n"
+
+
+def test_a_finished_run_removes_the_temporary_file_a_kill_left_in_its_folder(tmp_path, tiny_index, monkeypatch):
+    """A kill mid-write leaves `.last.pt.<pid>.*.tmp`; when the resumed run writes no further
+    checkpoint (it resumes at the last epoch) its folder was left in the cache for good."""
+    params = tiny_params(epochs=2)
+    path = _killed_after_first_epoch(monkeypatch, params, tiny_index, tmp_path)
+    dead = _dead_pid()
+    torn = path.parent / f".{path.name}.{dead}.abc123.tmp"
+    torn.write_bytes(b"half a checkpoint")
+    theirs = path.parent / "notes.txt"  # not vitpipe's: never deleted
+    theirs.write_text("keep me")
+    run_training(params, tiny_index, train_outputs(tmp_path))
+    assert not path.exists() and not torn.exists() and theirs.read_text() == "keep me"
+    theirs.unlink()
+
+
+def _dead_pid() -> int:
+    pid = 2 ** 22 - 1
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
