@@ -71,6 +71,26 @@ def train_outputs(out: Path):
     return TrainOutputs(model=out / "model.safetensors", metrics=out / "train.json", live=out / "dvclive")
 
 
+class Killed(Exception):
+    """Stands for a SIGKILL right after a checkpoint was written."""
+
+
+def kill_after_first_checkpoint(monkeypatch, params: Params, index: DatasetIndex, outputs) -> None:
+    """Runs the train stage until its first checkpoint is written, then stops it as a kill would."""
+    from vitpipe.train import training
+
+    real = training.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "save_checkpoint", save_then_die)
+        with pytest.raises(Killed):
+            training.run_training(params, index, outputs)
+
+
 def history(out: Path) -> list[dict]:
     """The per-epoch rows DVCLive wrote under ``out/dvclive``, with the history's column names."""
     from vitpipe.report.history import read_live_history

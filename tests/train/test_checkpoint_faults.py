@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_params, train_outputs
+from conftest import kill_after_first_checkpoint, tiny_params, train_outputs
 
 from vitpipe.errors import VitpipeError
 from vitpipe.model.weights import safe_torch_load
-from vitpipe.train import training
 from vitpipe.train.checkpoint import KEY_FILE, checkpoint_path
 from vitpipe.train.resume import key_parts
 from vitpipe.train.training import run_training
@@ -20,21 +19,8 @@ from vitpipe.train.training import run_training
 CPU = torch.device("cpu")
 
 
-class Killed(Exception):
-    """Stands for a SIGKILL right after a checkpoint was written."""
-
-
 def _killed_after_first_epoch(monkeypatch, params, index, out: Path) -> Path:
-    real = training.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real(*args, **kwargs)
-        raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(training, "save_checkpoint", save_then_die)
-        with pytest.raises(Killed):
-            run_training(params, index, train_outputs(out))
+    kill_after_first_checkpoint(monkeypatch, params, index, train_outputs(out))
     path = checkpoint_path(key_parts(params, index, CPU))
     assert path.is_file()
     return path

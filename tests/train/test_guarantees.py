@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import history, tiny_params, train_outputs, train_results
+from conftest import history, kill_after_first_checkpoint, tiny_params, train_outputs, train_results
 from safetensors.torch import load_file
 
 from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
@@ -85,10 +85,6 @@ def test_label_smoothing_shapes_training_and_only_cross_entropy_compares_with_te
 
 # --- the worker count changes no number, resumed or not --------------------------------------------
 
-class Killed(Exception):
-    """Stands for a SIGKILL right after a checkpoint was written."""
-
-
 @pytest.mark.slow
 def test_num_workers_changes_no_number_on_the_image_engine_even_across_a_resume(tmp_path, tiny_index, monkeypatch):
     """Before: each DataLoader worker drew the augmentations from its own RNG, so 0 and 2 workers
@@ -98,16 +94,8 @@ def test_num_workers_changes_no_number_on_the_image_engine_even_across_a_resume(
     run_training(tiny_params(**params, num_workers=2), tiny_index, _outputs(tmp_path / "w2"))
     assert _results(tmp_path / "w2") == _results(tmp_path / "w0")
 
-    real = training.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real(*args, **kwargs)
-        raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(training, "save_checkpoint", save_then_die)
-        with pytest.raises(Killed):
-            run_training(tiny_params(**params, num_workers=2), tiny_index, _outputs(tmp_path / "resumed"))
+    kill_after_first_checkpoint(monkeypatch, tiny_params(**params, num_workers=2), tiny_index,
+                                _outputs(tmp_path / "resumed"))
     run_training(tiny_params(**params, num_workers=0), tiny_index, _outputs(tmp_path / "resumed"))
     assert _results(tmp_path / "resumed") == _results(tmp_path / "w0")
 

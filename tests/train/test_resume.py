@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import history, tiny_params, train_outputs, train_results
+from conftest import Killed, history, kill_after_first_checkpoint, tiny_params, train_outputs, train_results
 
 from vitpipe.data.index import DatasetIndex
 from vitpipe.errors import VitpipeError
@@ -23,10 +23,6 @@ from vitpipe.train.training import run_training
 CPU = torch.device("cpu")
 
 
-class Killed(Exception):
-    """Stands for a SIGKILL right after a checkpoint was written."""
-
-
 _outputs = train_outputs
 
 
@@ -36,16 +32,7 @@ def _checkpoint(params, index) -> Path:
 
 def _killed_after_first_epoch(monkeypatch, params, index, out: Path) -> None:
     """Runs ``params`` until its first checkpoint is written, then stops it as a kill would."""
-    real = training.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real(*args, **kwargs)
-        raise Killed
-
-    with monkeypatch.context() as m:
-        m.setattr(training, "save_checkpoint", save_then_die)
-        with pytest.raises(Killed):
-            run_training(params, index, _outputs(out))
+    kill_after_first_checkpoint(monkeypatch, params, index, _outputs(out))
     assert _checkpoint(params, index).is_file() and not (out / "train.json").exists()
 
 
