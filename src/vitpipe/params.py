@@ -211,9 +211,9 @@ class TrainParams:
     ema_decay: float = _p(0.0, "e.g. 0.999: validate and keep an EMA of the weights (0 = off)", ge=0.0, lt=1.0)
     grad_clip: float = _p(0.0, "max gradient norm (0 = off)", ge=0.0)
     augment: Literal["seed", "timm"] = _p("seed", "seed (the tutorial's transforms) | timm (timm's training transforms)")
-    precision: Literal["bf16", "fp32", "int8"] = _p(
-        "bf16", "bf16 autocast (CPU and CUDA) | fp32 (the tutorial) | int8 (train.feature_runtime: onnxruntime only: "
-        "dynamic quantization)")
+    precision: Literal["exact", "bf16", "fp32", "int8"] = _p(
+        "exact", "exact (float64 where it decides the bytes: the same on any x86-64 CPU) | bf16 autocast (CPU and "
+        "CUDA; fastest, bytes host-dependent) | fp32 (the tutorial) | int8 (train.feature_runtime: onnxruntime only)")
     feature_runtime: Literal["torch", "onnxruntime"] = _p(
         "torch", "frozen-backbone feature pass on torch | onnxruntime (CPU; train.precision fp32 or int8)")
     channels_last: bool = _p(True, "channels_last memory format (CUDA only)")
@@ -246,11 +246,11 @@ class TrainParams:
                   "have no single class to weight); set it to none or turn mixup/cutmix off", self.class_weights)
         _refuse_inert(self, "train", _TRAIN_APPLIES)
         if self.precision == "int8" and self.feature_runtime != "onnxruntime":
-            _fail("train.precision", "int8 needs train.feature_runtime: onnxruntime (torch runs bf16 or fp32)",
+            _fail("train.precision", "int8 needs train.feature_runtime: onnxruntime (torch runs exact, bf16 or fp32)",
                   self.precision)
-        if self.feature_runtime == "onnxruntime" and self.precision == "bf16":
-            _fail("train.precision", "bf16 does not run on onnxruntime (its CPU kernels have no bf16 MatMul); with "
-                  "train.feature_runtime: onnxruntime set fp32 or int8", self.precision)
+        if self.feature_runtime == "onnxruntime" and self.precision in ("bf16", "exact"):
+            _fail("train.precision", f"{self.precision} does not run on onnxruntime (its CPU kernels have no bf16 or "
+                  f"float64 MatMul); with train.feature_runtime: onnxruntime set fp32 or int8", self.precision)
 
     def backbone_trains(self, epoch: int) -> bool:
         """Whether the backbone takes gradients in ``epoch`` (``freeze: none``, or from ``unfreeze_epoch`` on)."""

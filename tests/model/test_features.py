@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import sqlite3
 
 import pytest
@@ -177,12 +178,19 @@ def test_the_environment_names_the_installed_libraries_and_the_shaping_code():
     assert {"vitpipe.data.images", "vitpipe.data.torchdata", "vitpipe.model.transforms"} <= set(FEATURE_MODULES)
 
 
-def test_the_code_digest_follows_a_module_s_source(tmp_path, monkeypatch):
-    (tmp_path / "shaping_mod.py").write_text("SCALE = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    before = features._code_digest(["shaping_mod"])
-    (tmp_path / "shaping_mod.py").write_text("SCALE = 2\n")
-    assert features._code_digest(["shaping_mod"]) != before
+def test_the_code_digest_reads_the_syntax_not_the_bytes(tmp_path, monkeypatch):
+    """A comment or blank line in a feature-shaping module recomputes nothing; a changed statement does."""
+    from vitpipe import runtime
+
+    package = tmp_path / "vitpipe"
+    shutil.copytree(runtime._PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runtime, "_PACKAGE", package)
+    before = features._code_digest(features.FEATURE_MODULES)
+    module = package / "model" / "transforms.py"
+    module.write_text(module.read_text() + "\n# a comment, and blank lines\n\n\n")
+    assert features._code_digest(features.FEATURE_MODULES) == before
+    module.write_text(module.read_text() + "SCALE = 2\n")
+    assert features._code_digest(features.FEATURE_MODULES) != before
 
 
 def test_augmented_views_are_reproducible_and_distinct(tmp_path, tiny_index, backbone_and_transforms):

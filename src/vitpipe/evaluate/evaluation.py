@@ -120,7 +120,7 @@ def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, output
     samples = index.samples("test")
     if not samples:
         raise VitpipeError("the test split has no images; nothing to evaluate. Check data.source.")
-    probs = _probabilities(params, index, predictor, cache or FeatureCache()).float().numpy()
+    probs = _probabilities(params, index, predictor, cache or FeatureCache()).double().numpy()
     if probs.shape[0] != len(samples):
         raise VitpipeError(f"scored {probs.shape[0]} test images but the index lists {len(samples)}.")
     labels = np.array([s.label for s in samples])

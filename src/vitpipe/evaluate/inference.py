@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from vitpipe.model.classifier import Classifier
 from vitpipe.model.features import STORAGE_DTYPE, weights_digest
 from vitpipe.model.model_file import ModelCard, load_model
 from vitpipe.model.onnx_backbone import OnnxBackbone
-from vitpipe.runtime import autocast, configure, resolve_device
+from vitpipe.runtime import EXACT, autocast, compute_dtype, configure, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class Predictor:
     def __init__(self, model: Classifier, card: ModelCard, device: torch.device, *, tta: bool = False):
         self.model, self.card, self.device, self.tta = model.eval(), card, device, tta
         self._onnx: OnnxBackbone | None = None
+        # precision exact: the model ran in float64 when it was validated (the saved weights are rounded to
+        # fp32); a float64 copy scores it the same way, softmax included, so every x86-64 CPU gives the same bytes
+        self.dtype = compute_dtype(card.precision)
+        self._exact = copy.deepcopy(self.model).to(torch.float64) if card.precision == EXACT else None
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D), computed as the head's training features were: the card's runtime and precision."""
@@ -53,14 +58,17 @@ class Predictor:
                 backbone = self.model.backbone
                 self._onnx = OnnxBackbone(backbone, digest=weights_digest(backbone), precision=self.card.precision)
             return self._onnx(images).to(self.device)
+        if self._exact is not None:
+            return self._exact.backbone(images.to(torch.float64))  # (B, D)
         with autocast(self.device, self.card.precision):
             return self.model.backbone(images)  # (B, D)
 
     def head_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, D) backbone features -> (B, n_classes) logits, in fp32."""
+        """(B, D) backbone features -> (B, n_classes) logits, in fp32 (float64 for ``precision: exact``)."""
         if self.card.feature_dtype:
             features = features.to(STORAGE_DTYPE)
-        return self.model.head(features.float())
+        head = self._exact.head if self._exact is not None else self.model.head
+        return head(features.to(self.dtype))
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

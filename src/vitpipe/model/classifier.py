@@ -14,6 +14,7 @@ from torch import nn
 from vitpipe.errors import VitpipeError
 from vitpipe.model.weights import create_backbone, load_backbone_weights
 from vitpipe.params import ModelParams
+from vitpipe.runtime import default_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +66,30 @@ def build_head(in_features: int, num_classes: int, *, hidden: int, dropout: floa
     )
 
 
-def build_model(params: ModelParams, num_classes: int, *, seed: int) -> tuple[Classifier, ModelInfo]:
+def build_model(params: ModelParams, num_classes: int, *, seed: int,
+                exact_init: bool = False) -> tuple[Classifier, ModelInfo]:
     """Creates the backbone (random, pretrained or from ``params.weights``) and a fresh head.
 
     Args:
         params: the ``model`` section.
         num_classes: number of classes of the head.
         seed: seeds the random initialisation, so the same seed gives the same weights.
+        exact_init: draw the random initialisation in float64 and round it to fp32 once
+            (``train.precision: exact``): timm's ``trunc_normal_`` calls ``erfinv_``, whose fp32
+            result differs between instruction sets; its float64 one, rounded, does not.
     """
     torch.manual_seed(seed)
     if params.pretrained and params.weights:
         raise VitpipeError("model.pretrained and model.weights are both set; choose one "
                            "(model.pretrained: false to load model.weights).")
-    backbone = create_backbone(params)
+    with default_dtype(torch.float64 if exact_init else torch.get_default_dtype()):
+        backbone = create_backbone(params)
+        head = build_head(backbone.num_features, num_classes, hidden=params.head_hidden, dropout=params.dropout)
+    backbone, head = backbone.float(), head.float()
     source = f"timm:{params.name}" if params.pretrained else "random-init"
     if params.weights:
         load_backbone_weights(backbone, Path(params.weights))
         source = f"file:{Path(params.weights).name}"
-    head = build_head(backbone.num_features, num_classes, hidden=params.head_hidden, dropout=params.dropout)
     cfg = timm.data.resolve_model_data_config(backbone)
     size = params.img_size or int(cfg["input_size"][-1])
     info = ModelInfo(input_size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),

@@ -14,9 +14,9 @@ change computes new features instead of reusing stale ones. Entries live in one 
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
-import importlib.util
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +40,7 @@ from vitpipe.data.torchdata import ImageDataset
 from vitpipe.errors import VitpipeError
 from vitpipe.model.featurestore import FeatureStore
 from vitpipe.model.onnx_backbone import OnnxBackbone
-from vitpipe.runtime import autocast, derive_seed
+from vitpipe.runtime import EXACT, autocast, code_digest, cpu_isa, derive_seed, device_name
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +74,9 @@ def weights_digest(module: nn.Module) -> str:
 
 
 def _code_digest(modules: Sequence[str]) -> str:
-    """SHA-256 over the source files of ``modules`` (dotted names), in order."""
-    digest = hashlib.sha256()
-    for name in modules:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise ValueError(f"module {name} has no source file")
-        digest.update(name.encode() + b"\0" + Path(spec.origin).read_bytes() + b"\0")
-    return digest.hexdigest()
+    """SHA-256 over the syntax trees of ``modules`` (vitpipe's dotted names), as the checkpoint key reads
+    its code: an edited comment or blank line recomputes nothing, a changed statement does."""
+    return code_digest(*(name.removeprefix("vitpipe.").replace(".", "/") + ".py" for name in modules))
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,6 +87,25 @@ def feature_environment() -> dict[str, str]:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
             "pillow": PIL.__version__, "libjpeg": str(PIL.features.version("jpg")), "numpy": np.__version__,
             "code": _code_digest(FEATURE_MODULES)}
+
+
+def host_numerics(extractor: Extractor) -> dict[str, Any]:
+    """What on this host, beyond the code and libraries, decides a feature's bytes: on a GPU its model and
+    CUDA/cuDNN versions; on a CPU its instruction-set class, caps and thread count
+    (:func:`vitpipe.runtime.cpu_isa`), except with ``precision: exact``, whose bytes are the same on
+    every CPU of an architecture: then the architecture alone, so hosts share their features."""
+    device = extractor.device
+    if device.type == "cuda":
+        return {"gpu": device_name(device), "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+    if extractor.exact is not None:
+        return {"exact": cpu_isa()["arch"]}
+    return cpu_isa()
+
+
+def attention_kernels(backbone: nn.Module) -> list[str]:
+    """The attention kernels the backbone's blocks use (timm's ``fused_attn``, which ``TIMM_FUSED_ATTN``
+    sets: fused scaled-dot-product attention or the explicit softmax; they round differently)."""
+    return sorted({f"fused_attn={m.fused_attn}" for m in backbone.modules() if hasattr(m, "fused_attn")})
 
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -116,6 +130,7 @@ class Extractor:
     num_workers: int
     channels_last: bool = False
     onnx: OnnxBackbone | None = None
+    exact: nn.Module | None = None  # precision exact: a float64 copy of the backbone that computes the features
 
     @classmethod
     def for_backbone(cls, backbone: nn.Module, device: torch.device, precision: str, *, num_workers: int,
@@ -132,8 +147,9 @@ class Extractor:
                 raise VitpipeError(f"train.feature_runtime: onnxruntime runs the feature pass on the CPU, but the "
                                    f"device is {device}; set train.device: cpu, or train.feature_runtime: torch.")
             onnx = OnnxBackbone(backbone, digest=digest, precision=precision)
+        exact = copy.deepcopy(backbone).to(torch.float64).eval() if precision == EXACT else None
         return cls(backbone, digest, device, precision, batch_size=extraction_batch_size(device),
-                   num_workers=num_workers, channels_last=channels_last, onnx=onnx)
+                   num_workers=num_workers, channels_last=channels_last, onnx=onnx, exact=exact)
 
     @property
     def runtime(self) -> str:
@@ -149,6 +165,8 @@ class Extractor:
             images = torch.cat([images, images[-1:].expand(self.batch_size - n, -1, -1, -1)])
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         images = images.to(self.device, non_blocking=True, memory_format=memory_format)
+        if self.exact is not None:  # float64, rounded once to bf16: the same bytes on any x86-64 CPU
+            return self.exact(images.to(torch.float64))[:n].to(STORAGE_DTYPE).cpu()  # (n, D)
         with autocast(self.device, self.precision):
             return self.backbone(images)[:n].to(STORAGE_DTYPE).cpu()  # (n, D)
 
@@ -190,12 +208,13 @@ class FeatureCache:
         """Everything besides the image that determines a feature. The transform is identified by its
         ``repr``, which torchvision and timm transforms spell out with every setting."""
         backbone = extractor.backbone
-        return {"format": 2, "backbone": extractor.backbone_digest,
+        return {"format": 3, "backbone": extractor.backbone_digest,
                 "architecture": hashlib.sha256(f"{type(backbone).__qualname__}\n{backbone!r}".encode()).hexdigest(),
                 "precision": extractor.precision, "device_type": extractor.device.type,
                 "channels_last": extractor.channels_last, "batch_size": extractor.batch_size,
                 "transform": repr(transform), "view_seed": view_seed, "environment": feature_environment(),
-                "runtime": extractor.runtime, "onnx": extractor.onnx.key_parts() if extractor.onnx else None}
+                "runtime": extractor.runtime, "onnx": extractor.onnx.key_parts() if extractor.onnx else None,
+                "numerics": host_numerics(extractor), "attention": attention_kernels(backbone)}
 
     def features(self, extractor: Extractor, root: Path, samples: Sequence[Sample], *,
                  transform: Callable[[Any], torch.Tensor], view_seed: int | None, desc: str) -> torch.Tensor:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import atomic_dir, write_text
-from vitpipe.report import plots, significance
+from vitpipe.report import hosts, plots, significance
 from vitpipe.report.gallery import GALLERY_SIZE, gallery_images, worst_predictions
 from vitpipe.report.history import read_live_history
 from vitpipe.report.markdown import md_table
@@ -300,6 +300,8 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
                   f"commit): the numbers below are the workspace's alone.", ""]
     lines += [f"Test accuracy: **{_overall(current)}**"
               + ("" if base_per_class is None else f", `{base}`: {_overall(base_per_class)}"), ""]
+    if base_per_class is not None:
+        lines += hosts.markdown(hosts.origin(root, base_sha), hosts.origin(root, None), base_name=base)
     lines += significance.markdown_section(base_predictions, predictions, base_name=base, top=top)
     unreadable = unreadable_metrics(root)
     if unreadable:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from vitpipe.model.classifier import Classifier, set_backbone_trainable
 from vitpipe.model.features import STORAGE_DTYPE
 from vitpipe.params import TrainParams
-from vitpipe.runtime import autocast, derive_seed, seed_everything
+from vitpipe.runtime import autocast, compute_dtype, derive_seed, seed_everything
 from vitpipe.train import distributed
 from vitpipe.train.batches import BatchSource
 
@@ -60,7 +60,7 @@ class ValTotals:
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module) -> None:
         self.smoothed.add(loss_fn(logits, labels), logits, labels)
-        self.plain += float(nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+        self.plain += float(nn.functional.cross_entropy(logits.to(torch.float64), labels, reduction="sum"))
 
     def result(self) -> tuple[float, float, float]:
         """(mean smoothed loss, mean cross-entropy, accuracy)."""
@@ -112,9 +112,10 @@ class FeatureEngine:
     def __init__(self, head: nn.Module, *, train_x: torch.Tensor, train_y: torch.Tensor,
                  val_x: torch.Tensor, val_y: torch.Tensor, params: TrainParams, device: torch.device,
                  loss_fn: nn.Module, val_loss_fn: nn.Module):
-        self.module = head.to(device)
-        self.train_x, self.train_y = train_x.float().to(device), train_y.to(device)  # (V, N, D), (N,)
-        self.val_x, self.val_y = val_x.float().to(device), val_y.to(device)  # (M, D), (M,)
+        dtype = compute_dtype(params.precision)  # exact: the head trains in float64, saved rounded to fp32
+        self.module = head.to(device, dtype)
+        self.train_x, self.train_y = train_x.to(device, dtype), train_y.to(device)  # (V, N, D), (N,)
+        self.val_x, self.val_y = val_x.to(device, dtype), val_y.to(device)  # (M, D), (M,)
         self.params, self.device = params, device
         self.loss_fn, self.val_loss_fn = loss_fn, val_loss_fn
 
@@ -154,7 +155,8 @@ class ImageEngine:
 
     def __init__(self, model: Classifier, *, batches: BatchSource, params: TrainParams, device: torch.device,
                  loss_fn: nn.Module, val_loss_fn: nn.Module, mixup=None):
-        self.module = model.to(device)
+        self.dtype = compute_dtype(params.precision)  # exact: the whole model in float64, saved rounded to fp32
+        self.module = model.to(device, self.dtype)
         self.params, self.device, self.mixup, self.batches = params, device, mixup, batches
         self.loss_fn, self.val_loss_fn = loss_fn, val_loss_fn
         self.channels_last = params.channels_last and device.type == "cuda"
@@ -176,6 +178,7 @@ class ImageEngine:
             self._wrapped_for = trains
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.dtype) if self.dtype != torch.float32 else images
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> tuple[float, float]:
@@ -193,7 +196,7 @@ class ImageEngine:
                 images, targets = self.mixup(images, labels)
             with autocast(self.device, self.params.precision):
                 logits = self.forward_module(images)
-                loss = self.loss_fn(logits.float(), targets)
+                loss = self.loss_fn(logits.to(self.dtype), targets)
             _step(loss, self.module, optimizer, grad_clip=self.params.grad_clip, ema=ema)
             totals.add(loss, logits, labels)
         return totals.summed().result()
@@ -204,6 +207,6 @@ class ImageEngine:
         totals = ValTotals(Totals())  # every rank scores the whole valid split
         for images, labels in self.batches.valid(batch_size=self.params.val_batch_size):
             with autocast(self.device, self.params.precision):
-                logits = module(self._layout(images)).float()
+                logits = module(self._layout(images)).to(self.dtype)
             totals.add(logits, labels, self.val_loss_fn)
         return totals.result()

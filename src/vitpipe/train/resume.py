@@ -3,7 +3,8 @@
 :func:`key_parts` lists it: the params that shape training (every model and train key but the
 speed-only ones), the class list, the content of the train and valid images, vitpipe's code that
 trains (a hash of its syntax trees), the versions of the libraries that compute (onnxruntime's too when
-it computes the features), and the device.
+it computes the features), the device and the host's instruction-set class (``x86_64 exact`` for any x86-64
+CPU with ``train.precision: exact``).
 A checkpoint stores its parts; :func:`key_changes` names what differs, so a refused resume can say
 "train.lr 0.001 -> 0.0005" or "the train images", as torchvision's references store their args.
 :func:`key_digest` is one id for the whole, for a checkpoint folder keyed by what shapes training.
@@ -19,7 +20,7 @@ import torch
 
 from vitpipe.data.index import DatasetIndex
 from vitpipe.params import Params
-from vitpipe.runtime import ONNX_LIBRARIES, code_digest, device_name, library_versions
+from vitpipe.runtime import ONNX_LIBRARIES, code_digest, device_name, host_class, library_versions
 
 # vitpipe's code that decides a trained model's numbers (the train stage's own deps in dvc.yaml).
 TRAINING_CODE = ("train", "model", "data", "params.py", "runtime.py")
@@ -34,6 +35,9 @@ def key_parts(params: Params, index: DatasetIndex, device: torch.device) -> dict
         "code": code_digest(*TRAINING_CODE),
         "libraries": library_versions(*(ONNX_LIBRARIES if _onnx_features(params) else ())),
         "device": device_name(device),
+        # the CPU's instruction-set class (bf16/fp32 round differently on each); "x86_64 exact" for any
+        # x86-64 CPU with train.precision: exact, so a shared cache folder resumes across such hosts
+        "host": host_class(device, params.train.precision),
     }
     return json.loads(json.dumps(parts))  # tuples -> lists: equal to what a checkpoint gives back
 
@@ -67,6 +71,8 @@ def key_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
             if old_libs.get(name) != version]
     if saved.get("device") != current["device"]:
         out.append(f"the device ({saved.get('device')} -> {current['device']})")
+    elif saved.get("host") != current["host"]:
+        out.append(f"the host ({saved.get('host')} -> {current['host']})")
     return out
 
 

@@ -44,7 +44,7 @@ from vitpipe.model.transforms import (
     eval_spec,
 )
 from vitpipe.params import Params
-from vitpipe.runtime import configure, device_name, resolve_device, seed_everything
+from vitpipe.runtime import EXACT, compute_dtype, configure, device_name, host_class, resolve_device, seed_everything
 from vitpipe.train import distributed
 from vitpipe.train.batches import (
     BatchSource,
@@ -157,12 +157,13 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     device = distributed.setup(resolve_device(t.device))
     configure(device, t.precision)
     seed_everything(t.seed)
-    model, info = build_model(params.model, len(index.classes), seed=t.seed)
+    model, info = build_model(params.model, len(index.classes), seed=t.seed, exact_init=t.precision == EXACT)
     spec = eval_spec(t.augment, info)
     train_tf, eval_tf = build_train_transform(t.augment, spec, info), build_eval_transform(spec)
     mixup = build_mixup(t, len(index.classes))  # params refuse mixup where the head trains on features
     weight = class_weights(t, _labels(index, "train"), len(index.classes))
-    losses = (build_loss(t, mixup=mixup is not None, weight=weight).to(device), build_loss(t, mixup=False))
+    dtype = compute_dtype(t.precision)
+    losses = (build_loss(t, mixup=mixup is not None, weight=weight).to(device, dtype), build_loss(t, mixup=False))
     engine: Engine
     if t.uses_feature_cache:
         engine = _feature_engine(model, index, params, device=device, cache=cache or FeatureCache(),
@@ -190,7 +191,7 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
         card = card_for(index.classes, params.model, info, spec=spec, precision=t.precision,
                         feature_dtype=_dtype_name(engine.feature_dtype), feature_runtime=t.feature_runtime,
                         provenance=provenance)
-        save_model(outputs.model, model.cpu(), card)
+        save_model(outputs.model, model.cpu().float(), card)  # exact: float64 weights rounded to fp32 once
         write_json(outputs.metrics, headline)
         live.close()
         if checkpoint is not None:
@@ -285,6 +286,9 @@ def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Eng
         "stopped_early": progress.stopped_early,
         "train_images": len(index.samples("train")),
         "val_images": len(index.samples("valid")),
+        # Where the numbers were computed, as far as it decides their bytes ("x86_64 exact" on any x86-64
+        # CPU with precision exact): the PR report compares it between base and head.
+        "host": host_class(device, t.precision),
     }
     return headline, {
         "epochs": t.epochs,
@@ -299,6 +303,7 @@ def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Eng
         "trainable_params": trainable,
         "total_params": total,
         "device": device_name(device),
+        "host": headline["host"],
         "torch": torch.__version__,
         "timm": timm.__version__,
         "params_hash": params.training_hash(),
