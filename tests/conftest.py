@@ -60,6 +60,8 @@ def butterflies() -> Path:
 def tiny_params(**train: object) -> Params:
     """timm's ``test_vit`` at 32 px with a small head: a training run takes about a second."""
     base = TrainParams(epochs=2, batch_size=8, val_batch_size=8, num_workers=0)
+    if "precision" not in train and not dataclasses.replace(base, precision="bf16", **train).uses_feature_cache:
+        train = {**train, "precision": "bf16"}  # exact is for the frozen-feature path (params refuse it elsewhere)
     model = ModelParams(name="test_vit", img_size=32, head_hidden=16)
     return Params(model=model, train=dataclasses.replace(base, **train))
 

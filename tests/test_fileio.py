@@ -199,7 +199,7 @@ def test_a_full_or_read_only_tmpfs_ends_in_one_line_naming_the_path(tmp_path, wo
         cmd, named = _stage("train.py", *TRAIN_ARGS[:-1], str(disk / "dvclive")), "dvclive"
     elif case == "decoded store":
         params = yaml.safe_load((cwd / "params.yaml").read_text())
-        params["train"].update(freeze="none", image_source="decoded")
+        params["train"].update(freeze="none", image_source="decoded", precision="bf16")
         (cwd / "params.yaml").write_text(yaml.safe_dump(params))
         env["VITPIPE_CACHE_DIR"] = str(disk / "cache")
         cmd, named = _stage("train.py", *TRAIN_ARGS), "decoded"  # a memmap on a full disk: no SIGBUS

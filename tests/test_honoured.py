@@ -42,8 +42,9 @@ CUDA_ONLY = {"train.channels_last"}
 
 TINY = (("model.name", "test_vit"), ("model.img_size", 32), ("model.head_hidden", 16), ("train.epochs", 2),
         ("train.batch_size", 8), ("train.val_batch_size", 8), ("train.num_workers", 0))
-IMAGES = (("train.freeze", "none"), ("train.epochs", 1))  # the image engine (a fine-tune)
-LOOP = (("train.cache_views", 0), ("train.epochs", 1))  # the image engine, frozen backbone: the tutorial's loop
+BF16 = (("train.precision", "bf16"),)  # the image engine: exact is refused there (it covers the feature path)
+IMAGES = (("train.freeze", "none"), ("train.epochs", 1)) + BF16  # the image engine (a fine-tune)
+LOOP = (("train.cache_views", 0), ("train.epochs", 1)) + BF16  # the image engine, frozen backbone: the tutorial's loop
 COSINE = (("train.scheduler", "cosine"),)
 ORT = (("train.feature_runtime", "onnxruntime"), ("train.precision", "fp32"))  # the feature pass on onnxruntime
 SYN = (("data.synthetic.classes", 3), ("data.synthetic.train_per_class", 4), ("data.synthetic.valid_per_class", 2),
@@ -92,8 +93,8 @@ TRAIN_CASES = [
     Case("train.min_lr", 1e-4, CHANGES, COSINE),
     Case("train.min_lr", 1e-4, REFUSED),
     Case("train.label_smoothing", 0.0, CHANGES),
-    Case("train.freeze", "none", CHANGES),
-    Case("train.unfreeze_epoch", 1, CHANGES),
+    Case("train.freeze", "none", CHANGES, BF16),
+    Case("train.unfreeze_epoch", 1, CHANGES, BF16),
     Case("train.backbone_lr_scale", 0.1, CHANGES, IMAGES),
     Case("train.backbone_lr_scale", 0.1, REFUSED),
     Case("train.layer_decay", 0.75, CHANGES, IMAGES),
@@ -107,15 +108,18 @@ TRAIN_CASES = [
     Case("train.augment", "timm", CHANGES, (("train.cache_views", 2),)),
     Case("train.augment", "timm", REFUSED),
     Case("train.precision", "fp32", CHANGES),
+    Case("train.precision", "bf16", CHANGES),
+    Case("train.precision", "exact", REFUSED, IMAGES),  # exact covers the feature path only
+    Case("train.precision", "exact", REFUSED, LOOP),
     Case("train.precision", "int8", CHANGES, ORT),
-    Case("train.precision", "int8", REFUSED),  # torch runs bf16 or fp32
+    Case("train.precision", "int8", REFUSED),  # torch runs exact, bf16 or fp32
     Case("train.feature_runtime", "onnxruntime", CHANGES, (("train.precision", "fp32"),)),
-    Case("train.feature_runtime", "onnxruntime", REFUSED),  # the default bf16 does not run on onnxruntime
+    Case("train.feature_runtime", "onnxruntime", REFUSED),  # the default exact does not run on onnxruntime
     Case("train.feature_runtime", "onnxruntime", REFUSED, IMAGES + (("train.precision", "fp32"),)),
     Case("train.channels_last", False, SAME, IMAGES),
     Case("train.compile", True, REFUSED),  # takes effect on the image engine: test_compile_takes_effect
     Case("train.cache_views", 2, CHANGES),
-    Case("train.cache_views", 0, CHANGES),
+    Case("train.cache_views", 0, CHANGES, BF16),
     Case("train.cache_views", 2, REFUSED, IMAGES),
     Case("train.image_source", "decoded", CHANGES, IMAGES),
     Case("train.image_source", "decoded", REFUSED),

@@ -118,7 +118,7 @@ def test_training_hash_ignores_speed_settings_only():
     assert base.training_hash() == same.training_hash()
     assert base.training_hash() != other.training_hash()
     # compile and channels_last change float rounding (measured: torch.compile on a CPU), so they shape
-    tuned = parse_params({"train": {"freeze": "none", "compile": True, "channels_last": False}})
+    tuned = parse_params({"train": {"freeze": "none", "compile": True, "channels_last": False, "precision": "bf16"}})
     assert {"train.compile", "train.channels_last"} <= set(tuned.shaping())
     assert not SPEED_ONLY & set(tuned.shaping())
 
@@ -247,14 +247,14 @@ def test_a_key_set_where_it_is_not_used_is_refused_naming_what_to_change(text, k
 
 
 @pytest.mark.parametrize("text", [
-    "train:\n  mixup: 0.2\n  cache_views: 0\n",
-    "train:\n  cutmix: 1.0\n  freeze: none\n",
+    "train:\n  mixup: 0.2\n  cache_views: 0\n  precision: bf16\n",
+    "train:\n  cutmix: 1.0\n  freeze: none\n  precision: fp32\n",
     "train:\n  augment: timm\n  cache_views: 2\n",
-    "train:\n  compile: true\n  unfreeze_epoch: 1\n",
-    "train:\n  image_source: loader\n  cache_views: 0\n",
-    "train:\n  backbone_lr_scale: 0.1\n  unfreeze_epoch: 1\n",
+    "train:\n  compile: true\n  unfreeze_epoch: 1\n  precision: bf16\n",
+    "train:\n  image_source: loader\n  cache_views: 0\n  precision: bf16\n",
+    "train:\n  backbone_lr_scale: 0.1\n  unfreeze_epoch: 1\n  precision: bf16\n",
     "train:\n  min_lr: 0.00001\n  scheduler: cosine\n",
-    "train:\n  freeze: none\n  cache_views: 1\n",  # the default value is never refused
+    "train:\n  freeze: none\n  cache_views: 1\n  precision: bf16\n",  # the default value is never refused
     "train:\n  feature_runtime: onnxruntime\n  precision: int8\n",
     "train:\n  feature_runtime: onnxruntime\n  precision: fp32\n  cache_views: 4\n  augment: timm\n",
     "data:\n  sha256: " + "a" * 64 + "\n  source: https://example.org/b.zip\n",

@@ -128,8 +128,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _precision_list(text: str) -> tuple[str, ...]:
     values = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not values or any(v not in ("bf16", "fp32") for v in values):
-        raise argparse.ArgumentTypeError(f"must be bf16 and/or fp32, comma-separated, got {text!r}")
+    if not values or any(v not in ("exact", "bf16", "fp32") for v in values):
+        raise argparse.ArgumentTypeError(f"must be exact, bf16 and/or fp32, comma-separated, got {text!r}")
     return values
 
 
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", type=_int_list, default=(),
                    help="comma-separated train.cache_views values, one vitpipe run each (default: params.yaml's)")
     p.add_argument("--precisions", type=_precision_list, default=(),
-                   help="comma-separated train.precision values (bf16,fp32), one vitpipe run each (torch)")
+                   help="comma-separated train.precision values (exact,bf16,fp32), one vitpipe run each (torch)")
     p.add_argument("--runtimes", type=_runtime_list, default=(),
                    help="comma-separated feature runtimes: torch (with --precisions), onnxruntime-fp32, "
                    "onnxruntime-int8; one vitpipe run each")

@@ -245,6 +245,11 @@ class TrainParams:
             _fail("train.class_weights", "cannot be combined with train.mixup or train.cutmix (mixed targets "
                   "have no single class to weight); set it to none or turn mixup/cutmix off", self.class_weights)
         _refuse_inert(self, "train", _TRAIN_APPLIES)
+        if self.precision == "exact" and not self.uses_feature_cache:
+            _fail("train.precision", "exact makes the frozen-backbone feature path (train.cache_views >= 1) the same "
+                  "bytes on every x86-64 CPU; fine-tuning (train.freeze: none, train.unfreeze_epoch) and the tutorial's "
+                  "loop (train.cache_views: 0) round differently per CPU even in float64 (measured), so it would cost "
+                  "2-3x for nothing: set train.precision bf16 (fastest) or fp32 (the tutorial's)", self.precision)
         if self.precision == "int8" and self.feature_runtime != "onnxruntime":
             _fail("train.precision", "int8 needs train.feature_runtime: onnxruntime (torch runs exact, bf16 or fp32)",
                   self.precision)

@@ -133,7 +133,7 @@ def test_cli_bench_runtimes_give_one_row_each_from_a_cold_cache_folder(tiny_data
                  "--runtimes", "torch,onnxruntime-fp32,onnxruntime-int8"])
     assert code == 0
     rows = _table(out)
-    assert [r["method"] for r in rows] == [f"{VITPIPE} (cache_views=1, bf16)",
+    assert [r["method"] for r in rows] == [f"{VITPIPE} (cache_views=1, exact)",
                                            f"{VITPIPE} (cache_views=1, onnxruntime fp32)",
                                            f"{VITPIPE} (cache_views=1, onnxruntime int8)"]
     for row in rows:
@@ -145,7 +145,7 @@ def test_cli_bench_runtimes_give_one_row_each_from_a_cold_cache_folder(tiny_data
     (["--runtimes", "tensorrt"], "--runtimes: must be torch, onnxruntime-fp32, onnxruntime-int8"),
     (["--runtimes", ","], "--runtimes: must be torch"),
     (["--runtimes", "onnxruntime-bf16"], "--runtimes: must be torch"),
-    (["--precisions", "int8"], "--precisions: must be bf16 and/or fp32"),
+    (["--precisions", "int8"], "--precisions: must be exact, bf16 and/or fp32"),
 ])
 def test_cli_bench_bad_runtime_is_one_line_error(tiny_data: Path, tmp_path: Path, capsys, args, message) -> None:
     try:

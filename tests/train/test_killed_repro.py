@@ -23,7 +23,8 @@ def _tiny_fine_tuning(params: dict) -> None:
     params["data"]["synthetic"].update(classes=3, train_per_class=8, valid_per_class=4, test_per_class=4,
                                        image_size=48)
     params["model"].update(name="test_vit", img_size=32, head_hidden=16)
-    params["train"].update(epochs=8, batch_size=8, val_batch_size=8, num_workers=0, freeze="none")
+    params["train"].update(epochs=8, batch_size=8, val_batch_size=8, num_workers=0, freeze="none",
+                           precision="bf16")
 
 
 def _copy(tmp_path: Path) -> tuple[Path, dict[str, str]]:

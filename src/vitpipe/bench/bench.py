@@ -34,7 +34,7 @@ from vitpipe.errors import VitpipeError
 from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
 from vitpipe.fileio import write_text
 from vitpipe.model.features import Extractor, FeatureCache
-from vitpipe.params import DataParams, Params, parse_params
+from vitpipe.params import DataParams, Params, TrainParams, parse_params
 from vitpipe.report.markdown import md_header, md_row
 from vitpipe.runtime import describe_device, resolve_device
 from vitpipe.train.training import TrainOutputs, run_training
@@ -292,7 +292,7 @@ def _runtime_precisions(params: Params, precisions: Sequence[str], runtimes: Seq
     """(feature runtime, precision) of each vitpipe run: torch with each of ``precisions``, onnxruntime-P with P."""
     if not runtimes:
         return [(params.train.feature_runtime, p) for p in precisions or (params.train.precision,)]
-    torch_default = params.train.precision if params.train.feature_runtime == "torch" else "bf16"
+    torch_default = params.train.precision if params.train.feature_runtime == "torch" else TrainParams().precision
     out = []
     for runtime in runtimes:
         if runtime not in RUNTIMES:
