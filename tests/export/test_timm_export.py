@@ -72,7 +72,7 @@ def folder(model_path, metrics, tmp_path_factory) -> Path:
 
 
 def test_folder_holds_timms_files_and_config(folder, classes):
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [".vitpipe-export", "README.md", "config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "test_vit" and config["num_classes"] == len(classes)
     assert config["label_names"] == list(classes)
