@@ -304,9 +304,15 @@ class Params:
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Mappings: `dvc exp run -S 'key={...}'` merges into the mapping in params.yaml (and fails on a new key);
+# only deleting it first replaces it.
+_MAPPINGS = ("data.class_aliases",)
+
+
 def _fail(key: str, what: str, value: Any) -> typing.NoReturn:
-    raise VitpipeError(f"{PARAMS_FILE}: {key} {what}, got {value!r}. Fix it in {PARAMS_FILE} "
-                       f"or with `dvc exp run -S {key}=...`.")
+    how = (f"`dvc exp run -S '~{key}' -S '+{key}={{FOLDER: CLASS, ...}}'` (which replaces the whole mapping)"
+           if key in _MAPPINGS else f"`dvc exp run -S {key}=...`")
+    raise VitpipeError(f"{PARAMS_FILE}: {key} {what}, got {value!r}. Fix it in {PARAMS_FILE} or with {how}.")
 
 
 # Control characters (C0, DEL, C1) and Unicode's line and paragraph separators: str.splitlines() breaks on them.

@@ -117,7 +117,7 @@ def test_an_alias_or_drop_that_names_nothing_is_refused(tmp_path):
                              "remove it from data.class_aliases (folder names match exactly)."]
     result = check_dataset(root, _with(class_aliases={"QUESTION MARK": "POLYGONIA"}, drop_classes=("MONARCH",)))
     assert result.errors == ["data.drop_classes: no class named 'MONARCH' (after data.class_aliases); "
-                             "remove it from data.drop_classes."]
+                             "remove it from data.drop_classes: `dvc exp run -S 'data.drop_classes=[]'`."]
     result = check_dataset(root, _with(drop_classes=("ADONIS", "GREAT EGGFLY", "POLYGONIA", "QUESTION MARK")))
     assert "data.drop_classes leaves no class in train/; drop fewer." in result.errors
 

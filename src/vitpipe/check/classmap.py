@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from vitpipe.data.index import SPLITS
 from vitpipe.params import control_characters
+from vitpipe.setparam import SCALAR, hydra_value
 
 PLACEHOLDER = "TRAIN_CLASS"  # where the user writes the train class a folder holds
 
@@ -73,13 +74,20 @@ def reconcile(tree_splits: dict[str, dict[str, list[str]]], aliases: dict[str, s
         out.splits[split] = {name: sorted(paths) for name, paths in sorted(classes.items())}
         out.folders[split] = dict(sorted(folders.items()))
     seen = {folder for by_folder in tree_splits.values() for folder in by_folder}
-    out.errors += [f"data.class_aliases: no folder named {name!r} in {', '.join(f'{s}/' for s in tree_splits)}; "
-                   f"remove it from data.class_aliases (folder names match exactly)."
-                   for name in aliases if name not in seen]
+    out.errors += [f"data.class_aliases: no folder named {shown_name(name)!r} in "
+                   f"{', '.join(f'{s}/' for s in tree_splits)}; remove it from data.class_aliases (folder names "
+                   f"match exactly){_removal(name)}." for name in aliases if name not in seen]
     named = {aliases.get(folder, folder) for folder in seen}
-    out.errors += [f"data.drop_classes: no class named {name!r} (after data.class_aliases); remove it from "
-                   f"data.drop_classes." for name in drop if name not in named]
+    kept = [name for name in drop if name in named]
+    line = set_param_line("data.drop_classes", names=kept) if kept else "dvc exp run -S 'data.drop_classes=[]'"
+    out.errors += [f"data.drop_classes: no class named {shown_name(name)!r} (after data.class_aliases); remove it "
+                   f"from data.drop_classes{f': `{line}`' if line else ''}." for name in drop if name not in named]
     return out
+
+
+def _removal(name: str) -> str:
+    """``: `dvc exp run -S '~data.class_aliases.NAME'``` where Hydra's dotted key can name ``name``."""
+    return f": `dvc exp run -S '~data.class_aliases.{name}'`" if re.fullmatch(r"[A-Za-z_][\w-]*", name) else ""
 
 
 def _norm(name: str) -> str:
@@ -88,38 +96,27 @@ def _norm(name: str) -> str:
 
 _KEY_PLAIN = set(string.ascii_letters + string.digits + "_-/+.%*@?| ")
 _KEY_ESCAPED = set("\\()[]{}:=,")
-_SCALAR = re.compile(r"(?i)null|~|true|false|yes|no|on|off|[-+]?(inf|nan)|[-+]?[\d_.]*\d[\d_.]*(e[-+]?\d+)?")
-_PLAIN_VALUE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*( [A-Za-z0-9_-]+)*")
-# DVC writes params.yaml as YAML 1.2, where these are strings, and PyYAML reads them back as YAML 1.1 booleans.
-_YAML11_BOOL = re.compile(r"(?i)yes|no|on|off")
 
 
 def _hydra_key(name: str) -> str | None:
     """``name`` as a dict key of a Hydra override (what ``dvc exp run -S`` parses), or None if it cannot be one."""
-    if _SCALAR.fullmatch(name) or not set(name) <= _KEY_PLAIN | _KEY_ESCAPED:
+    if SCALAR.fullmatch(name) or not set(name) <= _KEY_PLAIN | _KEY_ESCAPED:
         return None
     text = "".join("\\" + c if c in _KEY_ESCAPED else c for c in name)
     head, tail = len(text) - len(text.lstrip(" ")), len(text) - len(text.rstrip(" "))
     return "\\ " * head + text.strip(" ") + "\\ " * tail  # unescaped edge spaces are dropped by the grammar
 
 
-def _hydra_value(name: str) -> str | None:
-    """``name`` as a string value of a Hydra override, quoted where needed, or None if it cannot be one."""
-    if _YAML11_BOOL.fullmatch(name) or set(name) & set('"\\$'):
-        return None
-    return name if _PLAIN_VALUE.fullmatch(name) and not _SCALAR.fullmatch(name) else f'"{name}"'
-
-
 def set_param_line(key: str, mapping: dict[str, str] | None = None, names: list[str] | None = None) -> str | None:
     """The shell command ``dvc exp run -S '<key>=...'`` setting a mapping (added with ``++``: Hydra adds
     keys to a mapping only so) or a list of names; None when a name cannot be written in Hydra's grammar."""
     if mapping is not None:
-        parts = [(_hydra_key(k), _hydra_value(v)) for k, v in mapping.items()]
+        parts = [(_hydra_key(k), hydra_value(v)) for k, v in mapping.items()]
         if any(k is None or v is None for k, v in parts):
             return None
         arg = f"++{key}={{{', '.join(f'{k}: {v}' for k, v in parts)}}}"
     else:
-        values = [_hydra_value(n) for n in names or []]
+        values = [hydra_value(n) for n in names or []]
         if any(v is None for v in values):
             return None
         arg = f"{key}=[{', '.join(values)}]"  # type: ignore[arg-type]
