@@ -90,3 +90,23 @@ def test_an_empty_cache_dir_variable_is_an_error_not_the_default_folder(tmp_path
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and "VITPIPE_CACHE_DIR is set but empty" in err[0], err
     assert (default / "store").read_text() == "computed for hours"
+
+
+def test_a_cache_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch, capsys):
+    import pathlib
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("VITPIPE_CACHE_DIR", str(root))
+    cachedir.make_cache_dir(cachedir.cache_subdir("features"))
+    real = pathlib.Path.iterdir
+
+    def deny(self):
+        if self == root:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(pathlib.Path, "iterdir", deny)
+    assert main(["cache", "--clear"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be listed (Permission denied); nothing cleared" in err[0], err
+    assert (root / "features").is_dir()

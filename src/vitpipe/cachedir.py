@@ -121,7 +121,11 @@ def clear() -> tuple[Path, int, int]:
         raise VitpipeError(f"{root}: not cleared: it holds no {TAG} written by vitpipe, so vitpipe did not "
                            f"create it (${ENV} names it). Delete what you no longer need by hand, or point "
                            f"{ENV} at a folder of its own.")
-    foreign = _not_vitpipes(root)
+    try:
+        foreign = _not_vitpipes(root)
+    except OSError as exc:
+        raise VitpipeError(f"{root}: cannot be listed ({exc.strerror or exc}); nothing cleared. Fix its "
+                           f"permissions and run `vitpipe cache --clear` again.") from None
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise VitpipeError(f"{root}: not cleared: it holds {shown}, which vitpipe did not write (vitpipe writes "

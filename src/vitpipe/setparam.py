@@ -18,7 +18,7 @@ _YAML11_BOOL = re.compile(r"(?i)yes|no|on|off")
 
 def hydra_value(name: str) -> str | None:
     """``name`` as a string value of a Hydra override, quoted where needed, or None if it cannot be one."""
-    if _YAML11_BOOL.fullmatch(name) or set(name) & set('"\\$'):
+    if _YAML11_BOOL.fullmatch(name) or set(name) & set('"\\$') or not name.isprintable():  # not a newline, tab...
         return None
     return name if _PLAIN_VALUE.fullmatch(name) and not SCALAR.fullmatch(name) else f'"{name}"'
 

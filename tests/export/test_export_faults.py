@@ -136,3 +136,29 @@ def test_a_full_disk_is_one_line_naming_the_target_not_a_temporary_path(model_pa
     assert ".tmp" not in errors[0]
     if disk == "file size limit":
         assert not out.exists() and os.listdir(out.parent) == []
+
+
+def test_an_out_folder_or_file_that_cannot_be_read_is_one_line(model_path, tmp_path, capsys, monkeypatch):
+    """Permission denied on listing `--out`, or on reading a file of an earlier export (root reads anything,
+    so the errors are raised by hand): one line, nothing replaced."""
+    import pathlib
+
+    import vitpipe.export.export as export
+
+    out = tmp_path / "timm"
+    assert _export(model_path, "timm", out, capsys)[0] == 0
+    real_iterdir, real_sha = pathlib.Path.iterdir, export.file_sha256
+
+    def deny_listing(self):
+        if self == out:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(pathlib.Path, "iterdir", deny_listing)
+        rc, errors = _export(model_path, "timm", out, capsys)
+        assert rc == 2 and len(errors) == 1 and "cannot be listed (Permission denied)" in errors[0]
+    monkeypatch.setattr(export, "file_sha256", lambda p: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if Path(p).parent == out else real_sha(p))
+    rc, errors = _export(model_path, "timm", out, capsys)
+    assert rc == 2 and len(errors) == 1 and "cannot be read (Permission denied)" in errors[0]

@@ -149,6 +149,7 @@ FLIPS = {
     "bits flipped in a tensor": _xor_middle_of_largest_tensor,
     "digest file deleted": lambda p: (p.parent / DIGEST_FILE).unlink(),
     "digest file a link": lambda p: _replace_with_link(p.parent / DIGEST_FILE),
+    "digest file not a digest": lambda p: (p.parent / DIGEST_FILE).write_bytes(b"\xff\x00 not hex\n"),
 }
 
 

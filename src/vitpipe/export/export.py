@@ -125,7 +125,10 @@ def _check_writable(out: Path, folder: Path) -> None:
 
 def _not_an_earlier_export(out: Path, fmt: str) -> str | None:
     """Why the folder ``out`` is not an export of ``fmt`` vitpipe wrote, as it wrote it; None when it is one (or empty)."""
-    names = sorted(p.name for p in out.iterdir())
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as exc:
+        return f"cannot be listed ({exc.strerror or exc})"
     if not names:
         return None
     mark = out / MARK
@@ -145,7 +148,11 @@ def _not_an_earlier_export(out: Path, fmt: str) -> str | None:
             return f"holds {name}, which `vitpipe export` did not write"
         if path.is_symlink() or not path.is_file():
             return f"{name} is {'a link' if path.is_symlink() else 'not a file'}, not what `vitpipe export` wrote"
-        if name != MARK and file_sha256(path) != files[name]:
+        try:
+            changed = name != MARK and file_sha256(path) != files[name]
+        except OSError as exc:
+            return f"{name} cannot be read ({exc.strerror or exc}), so it cannot be checked against {MARK}"
+        if changed:
             return f"{name} has changed since `vitpipe export` wrote it (its SHA-256 is not the one in {MARK})"
     return None
 
