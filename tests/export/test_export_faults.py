@@ -18,22 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from test_export_cli import model_path  # noqa: F401 - the fixture: an untrained test_vit with timm's head
+
 from vitpipe.cli import main
 from vitpipe.export.export import MARK
-from vitpipe.model.classifier import build_model
-from vitpipe.model.model_file import card_for, save_model
-from vitpipe.model.transforms import eval_spec
-from vitpipe.params import ModelParams
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    params = ModelParams(name="test_vit", img_size=32, head_hidden=0)
-    model, info = build_model(params, 3, seed=0)
-    card = card_for(("a", "b", "c"), params, info, spec=eval_spec("seed", info), precision="fp32", feature_dtype=None)
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_model(path, model, card)
-    return path
 
 
 def _export(model_path: Path, fmt: str, out: Path, capsys) -> tuple[int, list[str]]:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from repo_copy import copy_repo
+from repo_copy import copy_repo, run_queue
 from repo_copy import stages_run as _stages_run
 
 DVC = str(Path(sys.executable).with_name("dvc"))
@@ -49,10 +48,6 @@ def _no_word_of_export(text: str) -> None:
     assert "models/onnx" not in text and "export" not in text.lower() and "WARNING" not in text, text
 
 
-def _queue_done(work: Path, env: dict[str, str]) -> bool:
-    return not re.search(r"\b(Queued|Running)\b", _run(work, env, DVC, "queue", "status").stdout)
-
-
 @pytest.mark.slow
 def test_the_main_project_is_quiet_about_the_export_project_which_never_deletes_a_users_files(reproduced):
     work, env = reproduced
@@ -61,15 +56,7 @@ def test_the_main_project_is_quiet_about_the_export_project_which_never_deletes_
     run = _run(work, env, DVC, "exp", "run", "-S", "train.lr=2e-3")
     _no_word_of_export(run.stdout + run.stderr)
     _run(work, env, DVC, "exp", "run", "--queue", "-S", "train.lr=5e-4")
-    try:
-        _run(work, env, DVC, "queue", "start")
-        deadline = time.monotonic() + 600
-        while not _queue_done(work, env):
-            assert time.monotonic() < deadline, _run(work, env, DVC, "queue", "status").stdout
-            time.sleep(2)
-    finally:
-        _run(work, env, DVC, "queue", "stop", "--kill", ok=False)
-    queued = _run(work, env, DVC, "queue", "status").stdout
+    queued = run_queue(work, env)
     name = re.search(r"^\S+\s+(\S+)\s.*\bSuccess\b", queued, re.M)
     assert name, queued
     logs = _run(work, env, DVC, "queue", "logs", name.group(1)).stdout
