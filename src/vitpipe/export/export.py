@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -139,7 +140,8 @@ def _not_an_earlier_export(out: Path, fmt: str) -> str | None:
         files = None
     if files is None:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        return f"holds {shown}, not an export written by `vitpipe export` (no {MARK} of its own)"
+        return (f"holds {shown}, not an export written by `vitpipe export` (no {MARK} of its own; an export by "
+                f"a vitpipe older than the mark has none: remove it by hand)")
     if recorded.get("format") != fmt:
         return f"holds a `vitpipe export --format {recorded.get('format')}` export, not --format {fmt}"
     for name in names:
@@ -158,7 +160,7 @@ def _not_an_earlier_export(out: Path, fmt: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _named_as(tmp: Path, out: Path):
+def _named_as(tmp: Path, out: Path) -> Iterator[None]:
     """A failed write into the temporary folder ``tmp`` named as the file it was meant to be in ``out``."""
     try:
         yield
