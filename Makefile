@@ -8,7 +8,7 @@ BASE   ?= main
 # Stage commands in dvc.yaml call `python`: make it the venv's.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install install-report repro test bench report pr-report clean-venv
+.PHONY: install install-report repro export test bench report pr-report clean-venv
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ install-report:
 
 repro: install
 	$(BIN)/dvc repro
+
+# The optional ONNX export stage, a DVC project of its own (export/dvc.yaml), after the pipeline.
+export: repro
+	$(BIN)/dvc --cd export repro
 
 test: install
 	$(BIN)/python -m pytest

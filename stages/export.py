@@ -1,4 +1,5 @@
-"""DVC stage `export` (export/dvc.yaml, off the default path): the model as ONNX -> models/onnx/model.onnx."""
+"""DVC stage `export` (export/dvc.yaml, a DVC project of its own: `dvc --cd export repro`): the model as
+ONNX -> models/onnx/model.onnx."""
 
 import argparse
 from pathlib import Path

@@ -6,9 +6,11 @@ Shared by the end-to-end tests; the `repo_copy` fixture in conftest.py gives the
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,3 +56,22 @@ def copy_repo(tmp_path: Path, *, edit_params: Callable[[dict], None] | None = No
                 ["git", "config", "user.name", "ci"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         run(cmd, work, full_env)
     return work, full_env
+
+
+def run_queue(work: Path, env: dict[str, str], *start_args: str, start_env: dict[str, str] | None = None,
+              timeout: float = 900) -> str:
+    """`dvc queue start START_ARGS` (its workers get ``start_env``, default ``env``), waits until no experiment
+    is queued or running, then stops the workers. Returns `dvc queue status`."""
+    def status() -> str:
+        return run([str(Path(sys.executable).with_name("dvc")), "queue", "status"], work, env)
+
+    try:
+        run([str(Path(sys.executable).with_name("dvc")), "queue", "start", *start_args], work, start_env or env)
+        deadline = time.monotonic() + timeout
+        while re.search(r"\b(Queued|Running)\b", shown := status()):
+            assert time.monotonic() < deadline, shown
+            time.sleep(2)
+    finally:
+        subprocess.run([str(Path(sys.executable).with_name("dvc")), "queue", "stop", "--kill"], cwd=work, env=env,
+                       capture_output=True, timeout=120)
+    return status()

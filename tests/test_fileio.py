@@ -242,3 +242,23 @@ def test_a_read_only_cache_folder_warns_and_the_onnxruntime_feature_pass_goes_on
     assert "cannot keep the ONNX backbone" in text and "Read-only file system" in text
     assert "features not cached, training goes on" in text
     assert (cwd / "models" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
+def test_outputs_get_the_users_umask_not_the_private_mode_of_a_temporary_file(tmp_path, work, tiny_data, mask):
+    """Issue 22, case 11: data/raw and a download DEST were drwx------, the model and train.json
+    -rw------- when a stage ran directly (mkstemp/mkdtemp make them private; the rename kept it)."""
+    shutil.copytree(work, cwd := tmp_path / "w")
+    env = {**os.environ, "VITPIPE_CACHE_DIR": str(tmp_path / "cache")}
+
+    def with_umask() -> None:
+        os.umask(mask)
+
+    for cmd in ([sys.executable, "-m", "vitpipe.cli", "download", str(tiny_data), "raw"], _stage("train.py", *TRAIN_ARGS)):
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, preexec_fn=with_umask, env=env)
+        assert proc.returncode == 0, proc.stderr
+    folders = [cwd / "raw", cwd / "raw" / "train", cwd / "models", cwd / "dvclive"]
+    files = [cwd / "models" / "model.safetensors", cwd / "train.json", cwd / "raw" / ".vitpipe-download",
+             next((cwd / "raw" / "train").rglob("*.jpg"))]
+    assert {str(p): oct(p.stat().st_mode & 0o777) for p in folders} == {str(p): oct(0o777 & ~mask) for p in folders}
+    assert {str(p): oct(p.stat().st_mode & 0o777) for p in files} == {str(p): oct(0o666 & ~mask) for p in files}

@@ -108,7 +108,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from vitpipe.bench.bench import bench_params, format_table, resolve_data, run_bench
     from vitpipe.bench.cachebench import format_table as format_cache_table
     from vitpipe.bench.cachebench import run_cache_bench
+    from vitpipe.bench.outfile import check_out
 
+    check_out(args.out)  # before the work: a run's results are never lost to an unwritable --out
     params = bench_params(_params_or_defaults(args.params), epochs=args.epochs, model=args.model,
                           img_size=args.img_size)
     with tempfile.TemporaryDirectory(prefix="vitpipe-bench-data-") as scratch:

@@ -14,6 +14,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -79,6 +80,26 @@ def _prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
+def umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` sets it: another thread could
+    create a file meanwhile); from /proc where it is there, else set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_mode(path: Path, *, folder: bool) -> None:
+    """Gives ``path`` the permissions a plain ``open``/``mkdir`` would (the umask applied): ``mkstemp``
+    and ``mkdtemp`` create them private (0600, 0700), and a rename keeps that."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it onto ``path`` only if the block succeeds.
@@ -92,6 +113,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         remove_stale_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
         os.close(fd)
+        usual_mode(Path(tmp), folder=False)
     except OSError as exc:
         raise write_error(path, exc) from None
     tmp_path = Path(tmp)
@@ -120,6 +142,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path)
         tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
+        usual_mode(tmp, folder=True)
     except OSError as exc:
         raise write_error(path, exc) from None
     old = tmp.with_name(tmp.name.removesuffix(".tmp") + ".old.tmp")
@@ -160,14 +183,45 @@ def _rounded(value: Any, digits: int) -> Any:
     return value
 
 
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """Where in ``value`` a float is NaN or inf (``["loss"]``, ``row 3 ["confidence"]``); None when none is."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "a value"
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}[{json.dumps(key, ensure_ascii=False)}]")
+        if found is not None:
+            return found
+    return None
+
+
+def _refuse_non_finite(path: Path | str, data: Any) -> None:
+    """No vitpipe output holds NaN or inf: the producer refuses first, naming the cause; this is the last guard."""
+    where = _non_finite(data)
+    if where is not None:
+        raise VitpipeError(f"could not write {path}: {where} is not a finite number (NaN or inf), so the numbers "
+                           f"it would hold are meaningless; nothing written. Rerun with train.precision: fp32 and "
+                           f"a lower train.lr, and report it if it persists.")
+
+
 def write_json(path: Path | str, data: Any, *, digits: int = 6) -> None:
-    """Writes ``data`` as indented JSON with floats rounded, so equal results give equal bytes."""
+    """Writes ``data`` as indented JSON with floats rounded, so equal results give equal bytes.
+
+    Raises:
+        VitpipeError: a float in ``data`` is NaN or inf (JSON has no such numbers).
+    """
+    _refuse_non_finite(path, data)
     write_text(path, json.dumps(_rounded(data, digits), indent=2, ensure_ascii=False) + "\n")
 
 
 def write_csv(path: Path | str, rows: Sequence[Mapping[str, Any]], *, columns: Sequence[str],
               digits: int = 6) -> None:
-    """Writes ``rows`` as CSV with a header of ``columns`` and floats rounded."""
+    """Writes ``rows`` as CSV with a header of ``columns`` and floats rounded.
+
+    Raises:
+        VitpipeError: a float in ``rows`` is NaN or inf.
+    """
+    _refuse_non_finite(path, [{k: row[k] for k in columns} for row in rows])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()

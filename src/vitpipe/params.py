@@ -152,6 +152,10 @@ class DataParams:
                 f"{self.val_fraction} + {self.test_fraction}; lower one of them."
             )
         for name, target in self.class_aliases.items():
+            if control_characters(target):
+                _fail("data.class_aliases", f"maps {name!r} to {target!r}, a class name holding a control character "
+                      f"({control_characters(target)}): predict prints one line per image and the report a table "
+                      f"cell per class, so give a name without one", self.class_aliases)
             if target == name or target in self.class_aliases:
                 _fail("data.class_aliases", f"maps {name!r} to {target!r}, which is itself a folder name in it "
                       f"(map every folder straight to its final class name)", self.class_aliases)
@@ -305,9 +309,24 @@ class Params:
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Mappings: `dvc exp run -S 'key={...}'` merges into the mapping in params.yaml (and fails on a new key);
+# only deleting it first replaces it.
+_MAPPINGS = ("data.class_aliases",)
+
+
 def _fail(key: str, what: str, value: Any) -> typing.NoReturn:
-    raise VitpipeError(f"{PARAMS_FILE}: {key} {what}, got {value!r}. Fix it in {PARAMS_FILE} "
-                       f"or with `dvc exp run -S {key}=...`.")
+    how = (f"`dvc exp run -S '~{key}' -S '+{key}={{FOLDER: CLASS, ...}}'` (which replaces the whole mapping)"
+           if key in _MAPPINGS else f"`dvc exp run -S {key}=...`")
+    raise VitpipeError(f"{PARAMS_FILE}: {key} {what}, got {value!r}. Fix it in {PARAMS_FILE} or with {how}.")
+
+
+# Control characters (C0, DEL, C1) and Unicode's line and paragraph separators: str.splitlines() breaks on them.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def control_characters(name: str) -> str:
+    """The control characters in ``name`` as code points (``U+000A, U+0000``); empty when it has none."""
+    return ", ".join(dict.fromkeys(f"U+{ord(c):04X}" for c in _CONTROL.findall(name)))
 
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

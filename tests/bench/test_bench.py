@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -254,3 +255,62 @@ def test_rows_of_other_columns_start_a_new_table(tmp_path: Path) -> None:
     lines = out.read_text().splitlines()
     assert lines[:5] == ["# Bench", "", "| date | method |", "|---|---|", "| then | loop |"]
     assert lines[5:] == [""] + table_header() + ["| a | b |"]
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+OUTS = {
+    "a folder": (lambda d: d / "folder", "is a folder"),
+    "a link": (lambda d: _link(d), "is a link"),
+    "a FIFO": (lambda d: _fifo(d / "fifo.md"), "is not a regular file"),
+    "not UTF-8": (lambda d: _write(d / "bin.md", b"\xff\xfe\x00"), "not UTF-8 text"),
+    "read-only": (lambda d: _read_only(_write(d / "ro.md", b"# mine\n")), "is read-only"),
+    "under a file": (lambda d: _write(d / "file", b"x") / "BENCH.md", "is a file, not a folder"),
+    "in a read-only folder": (lambda d: _read_only(d / "rodir", folder=True) / "BENCH.md", "is read-only"),
+}
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _link(folder: Path) -> Path:
+    (folder / "elsewhere.md").write_text("# elsewhere\n")
+    (folder / "link.md").symlink_to(folder / "elsewhere.md")
+    return folder / "link.md"
+
+
+def _read_only(path: Path, *, folder: bool = False) -> Path:
+    if folder:
+        path.mkdir()
+    path.chmod(0o555 if folder else 0o444)
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(OUTS))
+def test_cli_bench_checks_out_before_any_benchmarking(case, tiny_data, tmp_path, monkeypatch, capsys):
+    """Issue 22, case 8: `--out DIR` ran 22 s of benchmarks, then ended in IsADirectoryError, the results lost."""
+    import vitpipe.bench.bench as bench
+
+    make, expected = OUTS[case]
+    (tmp_path / "folder").mkdir()
+    out = make(tmp_path)
+    before = sorted((p.name, p.is_file() and not p.is_fifo() and p.read_bytes()) for p in tmp_path.rglob("*")
+                    if not p.is_symlink() and p.stat().st_mode & 0o444)
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("benchmarked before checking --out"))
+    try:
+        assert main(["bench", "--data", str(tiny_data), "--out", str(out), "--skip-cache"]) == 2
+    finally:
+        for p in tmp_path.rglob("*"):
+            if not p.is_symlink():
+                p.chmod(0o755 if p.is_dir() else 0o644)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"--out {out}" in errors[0] and expected in errors[0] and "Traceback" not in err
+    after = sorted((p.name, p.is_file() and not p.is_fifo() and p.read_bytes()) for p in tmp_path.rglob("*")
+                   if not p.is_symlink() and p.stat().st_mode & 0o444)
+    assert after == before

@@ -117,7 +117,7 @@ def test_an_alias_or_drop_that_names_nothing_is_refused(tmp_path):
                              "remove it from data.class_aliases (folder names match exactly)."]
     result = check_dataset(root, _with(class_aliases={"QUESTION MARK": "POLYGONIA"}, drop_classes=("MONARCH",)))
     assert result.errors == ["data.drop_classes: no class named 'MONARCH' (after data.class_aliases); "
-                             "remove it from data.drop_classes."]
+                             "remove it from data.drop_classes: `dvc exp run -S 'data.drop_classes=[]'`."]
     result = check_dataset(root, _with(drop_classes=("ADONIS", "GREAT EGGFLY", "POLYGONIA", "QUESTION MARK")))
     assert "data.drop_classes leaves no class in train/; drop fewer." in result.errors
 
@@ -180,7 +180,10 @@ def test_printed_lines_set_exactly_the_names_or_the_fix_says_params_yaml(name, t
     drop_line = set_param_line("data.drop_classes", names=[name, "OTHER"])
     if alias_line is not None:
         assert _apply_set_param(alias_line, tmp_path).class_aliases == {name: "TRAIN CLASS"}
-    if value_line is not None:
+    if value_line is not None and "\t" in name:  # a class name with a control character: refused (issue 22)
+        with pytest.raises(VitpipeError, match="control character"):
+            _apply_set_param(value_line, tmp_path)
+    elif value_line is not None:
         assert _apply_set_param(value_line, tmp_path).class_aliases == {"FOLDER": name}
     if drop_line is not None:
         assert _apply_set_param(drop_line, tmp_path).drop_classes == (name, "OTHER")
@@ -195,7 +198,8 @@ def test_common_names_get_a_command_line():
     for name in ("QUESTION MARK", "COMMON WOOD-NYMPH", "Cat (domestic)", "a:b", "x,y", " lead", "trail "):
         assert set_param_line("data.class_aliases", mapping={name: "X"}) is not None, name
     for name in TRICKY:
-        expressible = not set(name) & set('"\\$') and name not in ("yes", "no")  # YAML 1.1 booleans: params.yaml
+        expressible = (not set(name) & set('"\\$') and name not in ("yes", "no")  # YAML 1.1 booleans: params.yaml
+                       and name.isprintable())  # a control character: refused as a class name anyway
         assert (set_param_line("data.drop_classes", names=[name]) is not None) == expressible, name
 
 
@@ -208,3 +212,52 @@ def test_a_second_alias_line_adds_to_the_aliases_already_set(tmp_path):
                  set_param_line("data.class_aliases", mapping={"adonis": "ADONIS"})):
         apply_overrides(params, [shlex.split(line)[4]])
     assert load_params(params).data.class_aliases == {"QUESTION MARK": "POLYGONIA", "adonis": "ADONIS"}
+
+
+@pytest.mark.parametrize("char", ["\n", "\x00", "\t", "\r", "\x85", "\u2028"])
+def test_an_alias_to_a_name_with_a_control_character_is_refused(char):
+    """Issue 22, case 9: a newline or NUL in a class name (via data.class_aliases) was accepted, then split
+    predict's lines and the report's tables."""
+    with pytest.raises(VitpipeError) as info:
+        parse_params({"data": {"class_aliases": {"QUESTION MARK": f"POLY{char}GONIA"}}})
+    message = str(info.value)
+    assert "data.class_aliases" in message and f"U+{ord(char):04X}" in message and "\n" not in message
+    parse_params({"data": {"class_aliases": {f"QUESTION{char}MARK": "POLYGONIA"}}})  # a folder name may: the fix
+
+
+def _refusal(root: Path, data: DataParams) -> str:
+    result = check_dataset(root, data)
+    assert not result.accepted
+    from vitpipe.check.datacheck import refused
+
+    message = str(refused(result))
+    assert "\n" not in message and "\x00" not in message
+    return message
+
+
+def _params_yaml_fix(message: str) -> dict:
+    flow = message.split("set data.class_aliases: ", 1)[1].split(" in params.yaml")[0]
+    return yaml.safe_load(flow)
+
+
+def test_a_folder_name_with_a_control_character_is_refused_and_the_printed_fix_works(tmp_path):
+    root = _dataset(tmp_path / "d", {split: {"ADONIS": 3, "RED\nADMIRAL": 3} for split in ("train", "valid", "test")})
+    message = _refusal(root, DATA)
+    assert 'train/"RED\\nADMIRAL": the class name holds a control character (U+000A)' in message
+    aliases = _params_yaml_fix(message)
+    assert aliases == {"RED\nADMIRAL": "RED ADMIRAL"}
+    assert check_dataset(root, _with(class_aliases=aliases)).index.classes == ("ADONIS", "RED ADMIRAL")
+
+
+def test_folders_that_differ_only_in_unicode_normalisation_are_told_apart_and_paired(tmp_path):
+    """Issue 22, case 12: train/CAFÉ (NFC) and valid/CAFÉ (NFD, as macOS writes it) looked identical in the refusal."""
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "CAFÉ"), unicodedata.normalize("NFD", "CAFÉ")
+    root = _dataset(tmp_path / "d", {"train": {"ADONIS": 3, nfc: 3}, "valid": {"ADONIS": 1, nfd: 1},
+                                     "test": {"ADONIS": 1, nfd: 1}})
+    message = _refusal(root, DATA)
+    assert 'valid/"CAFE\\u0301": class not in train/' in message and "only in Unicode normalisation" in message
+    aliases = _params_yaml_fix(message)
+    assert aliases == {nfd: nfc}
+    assert check_dataset(root, _with(class_aliases=aliases)).accepted

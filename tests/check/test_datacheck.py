@@ -134,6 +134,24 @@ def test_a_missing_train_split_is_refused(tmp_path):
     assert [m for m in result.errors if m.startswith("no train/ split")] == result.errors
 
 
+@pytest.mark.parametrize("split,key", [("valid", "val_fraction"), ("test", "test_fraction")])
+def test_an_empty_valid_or_test_split_is_refused_at_check_time_naming_the_param(tmp_path, split, key):
+    """Issue 22, case 12: `data.test_fraction: 0` passed the split-check; evaluate then refused with
+    "Check data.source" (and an empty valid split reached train)."""
+    from vitpipe.check.datacheck import refused
+
+    carved = _dataset(tmp_path / "carved", {"train": {"A": 10, "B": 10}})
+    result = check_dataset(carved, dataclasses.replace(DATA, **{key: 0.0}))
+    message = str(refused(result))
+    assert f"first: {split}/: no images" in message
+    assert f"To fix: data.{key} is 0.0: set it above 0 (e.g. 0.1) to carve {split}/ off train/" in message
+    own = _good(tmp_path / "own")
+    for f in (own / split).rglob("*.png"):
+        f.unlink()
+    message = str(refused(check_dataset(own, DATA)))
+    assert f"To fix: add images to {split}/ in data.source" in message
+
+
 @pytest.mark.parametrize("missing", ["valid", "test"])
 def test_a_missing_valid_or_test_split_is_carved_as_the_download_stage_does(tmp_path, missing):
     root = _dataset(tmp_path, {"train": {"A": 30, "B": 30}, "valid": {"A": 2, "B": 2}, "test": {"A": 2, "B": 2}})

@@ -130,6 +130,39 @@ def test_a_missing_path_is_reported_in_json_and_fails_the_command(model_path, im
     assert [r["path"] for r in doc["results"]] == [str(images[1])]
 
 
+def test_a_fifo_or_a_device_is_named_as_such_and_never_read(model_path, images, tmp_path, capsys):
+    """Issue 22, case 12: a FIFO or /dev/zero given to predict was reported as "no such file"."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it would block until a writer comes
+    rc = main(["predict", str(tmp_path / "pipe.jpg"), "/dev/zero", str(images[0]), "--model", str(model_path),
+               "--json", "--device", "cpu"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1 and [r["path"] for r in doc["results"]] == [str(images[0])]
+    reason = "not a regular file (a FIFO, socket or device); give an image file"
+    assert doc["errors"] == [{"path": str(tmp_path / "pipe.jpg"), "error": reason}, {"path": "/dev/zero", "error": reason}]
+
+
+def test_an_image_over_pillows_bomb_warning_limit_is_one_log_line_naming_it(model_path, images, tmp_path):
+    """Issue 22, case 12: Pillow's DecompressionBombWarning leaked as two raw lines (file:line, then the
+    source line). The limit is lowered to 1,000 pixels here (a real one is 89 Mpx)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    big = tmp_path / "big" / "A" / "big.png"
+    big.parent.mkdir(parents=True)
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(big)  # 1,600 pixels: over 1,000, under twice that
+    code = ("import sys; from PIL import Image; Image.MAX_IMAGE_PIXELS = 1000; from vitpipe.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    for argv in (["predict", str(big), "--model", str(model_path)], ["check-data", str(tmp_path / "big")]):
+        proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+        assert "DecompressionBombWarning" not in proc.stderr and "warnings.warn" not in proc.stderr, proc.stderr
+        noted = [line for line in proc.stderr.splitlines() if "decompression-bomb" in line]
+        assert len(noted) == 1 and "big.png: 40 x 40 pixels" in noted[0] and " WARNING " in noted[0], proc.stderr
+
+
 def test_no_model_file_is_a_one_line_error_with_status_2(images, tmp_path, capsys):
     rc = main(["predict", str(images[0]), "--model", str(tmp_path / "absent.safetensors")])
     err = capsys.readouterr().err

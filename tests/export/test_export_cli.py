@@ -60,8 +60,8 @@ def test_out_holding_other_files_is_refused_and_left_alone(model_path, tmp_path,
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    (out / "config.json").write_text("{}")  # one of ours by name: still refused, notes.txt is not
-    _refused(["--model", str(model_path), "--format", "timm", "--out", str(out)], capsys, "holds notes.txt")
+    (out / "config.json").write_text("{}")  # one of ours by name: the user's all the same (no mark)
+    _refused(["--model", str(model_path), "--format", "timm", "--out", str(out)], capsys, "holds config.json, notes.txt")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
     assert (out / "notes.txt").read_text() == "mine" and (out / "config.json").read_text() == "{}"
     (out / "sub").mkdir()
@@ -124,7 +124,7 @@ def test_a_linked_model_is_read_and_a_previous_export_is_replaced(model_path, tm
         assert main(["export", "--model", str(link), "--format", "timm", "--out", str(out)]) == 0
         printed = capsys.readouterr().out.split()
         assert printed == [str(out / n) for n in ("config.json", "model.safetensors", "README.md")]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".vitpipe-export", "README.md", "config.json", "model.safetensors"]
     assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not the private mode of a temp dir
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 

@@ -1,4 +1,4 @@
-"""The optional export stage (export/dvc.yaml): off the default path, reproducible, and its ONNX file,
+"""The optional export stage (export/dvc.yaml, its own DVC project): off the default path, reproducible, and its ONNX file,
 through `vitpipe predict`, scores the real test photos like the PyTorch model."""
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ def test_export_stage_runs_only_when_asked_and_scores_real_photos_like_pytorch(r
 
     assert _stages_run(_run(["dvc", "repro"], work, env)) == ["check-params", "download", "split-check", "train",
                                                               "evaluate"]
-    out = _run(["dvc", "repro", "export/dvc.yaml"], work, env)
-    assert _stages_run(out) == ["export/dvc.yaml:export"]
+    out = _run(["dvc", "--cd", "export", "repro"], work, env)  # export/ is a DVC project of its own
+    assert _stages_run(out) == ["export"]
     onnx_file = work / "models" / "onnx" / "model.onnx"
     first = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
-    assert _stages_run(_run(["dvc", "repro", "export/dvc.yaml"], work, env)) == []
+    assert _stages_run(_run(["dvc", "--cd", "export", "repro"], work, env)) == []
 
     # vitpipe predict on the exported file, against the PyTorch model in fp32 (the graph's own math)
     printed = _run(["vitpipe", "predict", "data/raw/test", "--model", str(onnx_file), "--json", "--top-k", "100"],
@@ -80,5 +80,5 @@ def test_export_stage_runs_only_when_asked_and_scores_real_photos_like_pytorch(r
     print(f"onnxruntime vs PyTorch fp32: top-1 50/50, max |dprob| {(onnx - fp32).abs().max():.1e}; "
           f"vs evaluate's bf16 predictions: top-1 {same}/50, max |dconfidence| {worst:.1e}")
 
-    _run(["dvc", "repro", "--force", "--single-item", "export/dvc.yaml:export"], work, env)
+    _run(["dvc", "--cd", "export", "repro", "--force"], work, env)
     assert hashlib.sha256(onnx_file.read_bytes()).hexdigest() == first  # the same bytes: safe to cache

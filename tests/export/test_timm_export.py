@@ -72,7 +72,7 @@ def folder(model_path, metrics, tmp_path_factory) -> Path:
 
 
 def test_folder_holds_timms_files_and_config(folder, classes):
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [".vitpipe-export", "README.md", "config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "test_vit" and config["num_classes"] == len(classes)
     assert config["label_names"] == list(classes)
@@ -227,3 +227,21 @@ def test_metrics_edited_after_evaluate_are_flagged_against_dvc_lock(model_path, 
     readme = Path("out/README.md").read_text()
     assert "Caution: dvc.lock records evaluate writing other bytes to metrics/test.json" in readme
     assert "Scored on this very model file" not in readme
+
+
+def test_a_model_evaluate_did_not_score_is_named_not_md5_none(model_path, metrics, tmp_path, monkeypatch):
+    """Issue 22, case 12: `--model` another file than dvc.lock's evaluate dep: the card said "md5 None"."""
+    import shutil
+
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(metrics, tmp_path / "metrics")
+    shutil.copy(model_path, tmp_path / "other.safetensors")
+    stage = {"deps": [{"path": "models/model.safetensors", "hash": "md5", "md5": "0" * 32}], "outs": []}
+    Path("dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"evaluate": stage}}))
+    export_model(Path("other.safetensors"), "timm", Path("out"), metrics_dir=Path("metrics"), params=None)
+    readme = Path("out/README.md").read_text()
+    assert "None" not in readme.split("## Provenance")[0]
+    assert ("Caution: dvc.lock records evaluate scoring models/model.safetensors, not other.safetensors: these "
+            "metrics may be another model's.") in readme

@@ -278,3 +278,26 @@ def test_a_base_with_the_older_layout_is_not_reported_as_every_class_changed(rep
     assert "One side keeps per-class numbers in `test.json` (an older vitpipe's layout" in text
     assert re.search(r"\| metrics/test.json\s*\| accuracy\s*\| 0\.58333\s*\| 0\.66667", text)  # headline kept
     assert "| PAPER KITE |" in text  # the class tables still compare per_class.csv
+
+
+@pytest.mark.parametrize("confidence", ["nan", "inf", "high", "", "1.5"])
+@pytest.mark.parametrize("command", ["report", "pr-report"])
+def test_a_confidence_that_is_not_a_probability_is_one_line_naming_the_file_and_row(command, confidence, repo,
+                                                                                      tmp_path, monkeypatch, capsys):
+    """Issue 22, case 2: evaluate once wrote `nan` (a damaged model); a hand edit can write anything. It was
+    a ValueError traceback ("Unknown format code 'f' for object of type 'str'") or NaN in the gallery."""
+    import shutil
+
+    work = tmp_path / "repo"
+    shutil.copytree(repo, work, symlinks=True)
+    predictions = work / "metrics" / "predictions.csv"
+    frame = pd.read_csv(predictions, keep_default_na=False, dtype=str)
+    frame.loc[2, "confidence"] = confidence
+    frame.to_csv(predictions, index=False)
+    monkeypatch.chdir(work)
+    assert main([command, "--base", "HEAD", "--out", str(tmp_path / "report.md")]) == 2
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if "ERROR" in ln]
+    assert len(line) == 1 and "Traceback" not in err, err
+    assert f"metrics/predictions.csv: row 3: confidence {confidence!r} is not a probability" in line[0]
+    assert not (tmp_path / "report.md").exists()

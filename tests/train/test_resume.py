@@ -16,7 +16,7 @@ from vitpipe.data.index import DatasetIndex
 from vitpipe.errors import VitpipeError
 from vitpipe.runtime import library_versions
 from vitpipe.train import training
-from vitpipe.train.checkpoint import Progress, checkpoint_path, restore
+from vitpipe.train.checkpoint import DIGEST_FILE, Progress, checkpoint_path, restore
 from vitpipe.train.resume import key_changes, key_digest, key_parts
 from vitpipe.train.training import run_training
 
@@ -114,6 +114,7 @@ def test_a_checkpoint_of_another_key_in_this_runs_folder_is_not_resumed(tmp_path
     params = tiny_params(epochs=3)
     _checkpoint(params, tiny_index).parent.mkdir(parents=True)
     shutil.copy(_checkpoint(other, tiny_index), _checkpoint(params, tiny_index))
+    shutil.copy(_checkpoint(other, tiny_index).parent / DIGEST_FILE, _checkpoint(params, tiny_index).parent)  # verifies
     caplog.set_level("INFO")
     run_training(params, tiny_index, _outputs(tmp_path))
     assert "was made by another run (changed: train.lr 0.0005 -> 0.001); starting fresh" in caplog.text

@@ -14,10 +14,13 @@ import json
 import re
 import shlex
 import string
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from vitpipe.data.index import SPLITS
+from vitpipe.params import control_characters
+from vitpipe.setparam import SCALAR, hydra_value
 
 PLACEHOLDER = "TRAIN_CLASS"  # where the user writes the train class a folder holds
 
@@ -33,8 +36,25 @@ class Reconciled:
 
     def shown(self, split: str, name: str) -> str:
         """``split/FOLDER``, with the class it holds when data.class_aliases renamed it."""
-        folders = self.folders[split][name]
-        return f"{split}/{name}" if folders == [name] else f"{split}/{' + '.join(folders)} (class {name})"
+        folders = [shown_name(f) for f in self.folders[split][name]]
+        if self.folders[split][name] == [name]:
+            return f"{split}/{shown_name(name)}"
+        return f"{split}/{' + '.join(folders)} (class {shown_name(name)})"
+
+
+def shown_name(name: str) -> str:
+    """``name`` as printed in a one-line message: as it is, or as an escaped JSON string when it holds a
+    control character (a newline would split the line) or is not in Unicode's NFC form (a decomposed
+    ``é`` looks exactly like the composed one)."""
+    if control_characters(name) or unicodedata.normalize("NFC", name) != name:
+        return json.dumps(name)
+    return name
+
+
+def normalisation_twin(name: str, others: list[str]) -> str | None:
+    """The name in ``others`` that differs from ``name`` only in Unicode normalisation (NFC/NFD), if any."""
+    nfc = unicodedata.normalize("NFC", name)
+    return next((o for o in others if o != name and unicodedata.normalize("NFC", o) == nfc), None)
 
 
 def reconcile(tree_splits: dict[str, dict[str, list[str]]], aliases: dict[str, str],
@@ -54,53 +74,49 @@ def reconcile(tree_splits: dict[str, dict[str, list[str]]], aliases: dict[str, s
         out.splits[split] = {name: sorted(paths) for name, paths in sorted(classes.items())}
         out.folders[split] = dict(sorted(folders.items()))
     seen = {folder for by_folder in tree_splits.values() for folder in by_folder}
-    out.errors += [f"data.class_aliases: no folder named {name!r} in {', '.join(f'{s}/' for s in tree_splits)}; "
-                   f"remove it from data.class_aliases (folder names match exactly)."
-                   for name in aliases if name not in seen]
+    out.errors += [f"data.class_aliases: no folder named {shown_name(name)!r} in "
+                   f"{', '.join(f'{s}/' for s in tree_splits)}; remove it from data.class_aliases (folder names "
+                   f"match exactly){_removal(name)}." for name in aliases if name not in seen]
     named = {aliases.get(folder, folder) for folder in seen}
-    out.errors += [f"data.drop_classes: no class named {name!r} (after data.class_aliases); remove it from "
-                   f"data.drop_classes." for name in drop if name not in named]
+    kept = [name for name in drop if name in named]
+    line = set_param_line("data.drop_classes", names=kept) if kept else "dvc exp run -S 'data.drop_classes=[]'"
+    out.errors += [f"data.drop_classes: no class named {shown_name(name)!r} (after data.class_aliases); remove it "
+                   f"from data.drop_classes{f': `{line}`' if line else ''}." for name in drop if name not in named]
     return out
 
 
+def _removal(name: str) -> str:
+    """``: `dvc exp run -S '~data.class_aliases.NAME'``` where Hydra's dotted key can name ``name``."""
+    return f": `dvc exp run -S '~data.class_aliases.{name}'`" if re.fullmatch(r"[A-Za-z_][\w-]*", name) else ""
+
+
 def _norm(name: str) -> str:
-    return re.sub(r"[\s_-]+", "", name).casefold()
+    return re.sub(r"[\s_-]+", "", unicodedata.normalize("NFC", name)).casefold()
 
 
 _KEY_PLAIN = set(string.ascii_letters + string.digits + "_-/+.%*@?| ")
 _KEY_ESCAPED = set("\\()[]{}:=,")
-_SCALAR = re.compile(r"(?i)null|~|true|false|yes|no|on|off|[-+]?(inf|nan)|[-+]?[\d_.]*\d[\d_.]*(e[-+]?\d+)?")
-_PLAIN_VALUE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*( [A-Za-z0-9_-]+)*")
-# DVC writes params.yaml as YAML 1.2, where these are strings, and PyYAML reads them back as YAML 1.1 booleans.
-_YAML11_BOOL = re.compile(r"(?i)yes|no|on|off")
 
 
 def _hydra_key(name: str) -> str | None:
     """``name`` as a dict key of a Hydra override (what ``dvc exp run -S`` parses), or None if it cannot be one."""
-    if _SCALAR.fullmatch(name) or not set(name) <= _KEY_PLAIN | _KEY_ESCAPED:
+    if SCALAR.fullmatch(name) or not set(name) <= _KEY_PLAIN | _KEY_ESCAPED:
         return None
     text = "".join("\\" + c if c in _KEY_ESCAPED else c for c in name)
     head, tail = len(text) - len(text.lstrip(" ")), len(text) - len(text.rstrip(" "))
     return "\\ " * head + text.strip(" ") + "\\ " * tail  # unescaped edge spaces are dropped by the grammar
 
 
-def _hydra_value(name: str) -> str | None:
-    """``name`` as a string value of a Hydra override, quoted where needed, or None if it cannot be one."""
-    if _YAML11_BOOL.fullmatch(name) or set(name) & set('"\\$'):
-        return None
-    return name if _PLAIN_VALUE.fullmatch(name) and not _SCALAR.fullmatch(name) else f'"{name}"'
-
-
 def set_param_line(key: str, mapping: dict[str, str] | None = None, names: list[str] | None = None) -> str | None:
     """The shell command ``dvc exp run -S '<key>=...'`` setting a mapping (added with ``++``: Hydra adds
     keys to a mapping only so) or a list of names; None when a name cannot be written in Hydra's grammar."""
     if mapping is not None:
-        parts = [(_hydra_key(k), _hydra_value(v)) for k, v in mapping.items()]
+        parts = [(_hydra_key(k), hydra_value(v)) for k, v in mapping.items()]
         if any(k is None or v is None for k, v in parts):
             return None
         arg = f"++{key}={{{', '.join(f'{k}: {v}' for k, v in parts)}}}"
     else:
-        values = [_hydra_value(n) for n in names or []]
+        values = [hydra_value(n) for n in names or []]
         if any(v is None for v in values):
             return None
         arg = f"{key}=[{', '.join(values)}]"  # type: ignore[arg-type]
@@ -108,7 +124,8 @@ def set_param_line(key: str, mapping: dict[str, str] | None = None, names: list[
 
 
 def _quoted(name: str) -> str:
-    return json.dumps(name, ensure_ascii=False)  # a JSON string is a double-quoted YAML scalar
+    """A JSON string is a double-quoted YAML scalar; escaped where a character would hide (see :func:`shown_name`)."""
+    return shown_name(name) if shown_name(name) != name else json.dumps(name, ensure_ascii=False)
 
 
 def _yaml_flow(mapping: dict[str, str] | None = None, names: list[str] | None = None) -> str:
@@ -153,12 +170,36 @@ def class_fix(unknown: dict[str, list[str]], classes: list[str], missing: dict[s
                      else f"every train class has a folder in {where}")
     text = "map each folder to the train class it holds"
     if similar:
-        text += f" ({', '.join(similar)} differ from a train class only in case, spaces, - or _: check the pair)"
+        text += (f" ({', '.join(map(shown_name, similar))} differ from a train class only in case, spaces, -, _ or "
+                 f"Unicode normalisation: check the pair)")
     text += f": {_command('data.class_aliases', mapping=pairs)}"
     if hints:
         text += f" (replace {PLACEHOLDER}; {'; '.join(dict.fromkeys(hints))})"
     names = sorted(set(drop) | {aliases.get(folder, folder) for folder in unknown})
     return text + f", or leave them out of every split: {_command('data.drop_classes', names=names)}"
+
+
+def control_messages(rec: Reconciled) -> list[str]:
+    """A class name with a control character (a folder's, or an alias's) would split predict's lines and the
+    report's table rows: one refusal per name, at the first split holding it."""
+    out, seen = [], set()
+    for split, by_class in rec.splits.items():
+        for name in sorted(set(by_class) - seen):
+            if control_characters(name):
+                seen.add(name)
+                out.append(f"{rec.shown(split, name)}: the class name holds a control character "
+                           f"({control_characters(name)}); predict prints one line per image and the report a "
+                           f"table cell per class.")
+    return out
+
+
+def control_fix(rec: Reconciled) -> str:
+    """The fix for those names: a rename, or an alias of each folder (a suggestion, to check)."""
+    folders = sorted({f for by_class in rec.folders.values() for name, fs in by_class.items() for f in fs
+                      if control_characters(name)})
+    mapping = {f: re.sub(r"\s+", " ", re.sub("[\x00-\x1f\x7f-\x9f\u2028\u2029]", " ", f)).strip() or "CLASS"
+               for f in folders}
+    return f"rename the folder, or map it to a name without one: {_command('data.class_aliases', mapping=mapping)}"
 
 
 def unknown_folders(splits: dict[str, dict[str, list[str]]], folders: dict[str, dict[str, list[str]]],

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vitpipe.check.classmap import Reconciled, class_fix, reconcile, unknown_folders
+from vitpipe.check.classmap import (
+    Reconciled,
+    class_fix,
+    control_fix,
+    control_messages,
+    normalisation_twin,
+    reconcile,
+    shown_name,
+    unknown_folders,
+)
 from vitpipe.check.imagescan import DatasetTree, FileScan, list_tree, scan_files
 from vitpipe.check.neardup import NearDuplicate, near_duplicates, summary
 from vitpipe.data.index import SPLITS, DatasetIndex, Sample
@@ -101,13 +110,17 @@ def _class_findings(rec: Reconciled, usable: dict[str, dict[str, list[FileScan]]
     if len(classes) == 1:
         out.append(Finding("n_classes", "error", f"train/: one class only ({classes[0]}); a classifier needs "
                            f"two at least (its accuracy, F1 and top-5 would all be 1.0)."))
+    out += [Finding("classes", "error", message) for message in control_messages(rec)]
     for split, by_class in rec.splits.items():
         for name in sorted(set(by_class) - set(classes)):
+            twin = normalisation_twin(name, classes)
+            same = (f"; it differs from train class {shown_name(twin)} only in Unicode normalisation "
+                    f"(NFC/NFD), so the two look alike") if twin else ""
             out.append(Finding("classes", "error", f"{rec.shown(split, name)}: class not in train/ (its "
-                               f"images cannot be labelled)."))
+                               f"images cannot be labelled{same})."))
         for name in sorted(set(classes) - set(by_class)):
-            out.append(Finding("classes", "warning", f"{split}/: no folder for train class {name!r}; "
-                               f"{split} has no {name} images."))
+            out.append(Finding("classes", "warning", f"{split}/: no folder for train class {shown_name(name)!r}; "
+                               f"{split} has no {shown_name(name)} images."))
         for name in sorted(set(classes) & set(by_class)):
             n = len(usable[split][name])
             if n == 0 and split == "train":
@@ -118,6 +131,20 @@ def _class_findings(rec: Reconciled, usable: dict[str, dict[str, list[FileScan]]
             elif split == "train" and n < data.min_class_images:
                 out.append(Finding("class_sizes", "warning", f"train/{name}: only {n} images "
                                    f"(< data.min_class_images = {data.min_class_images})."))
+    return out
+
+
+_NEEDS = {"valid": "train picks the best epoch on it", "test": "evaluate scores it"}
+
+
+def _empty_splits(tree: DatasetTree, usable: dict[str, dict[str, list[FileScan]]], data: DataParams) -> dict[str, str]:
+    """The valid or test split without an image (a carve fraction of 0, an empty folder) -> its fix: refused
+    here, naming the param, not by train or evaluate later ("Check data.source")."""
+    out = {}
+    for split, key in (("valid", "val_fraction"), ("test", "test_fraction")):
+        if split in usable and tree.splits.get("train") and not any(usable[split].values()):
+            out[split] = (f"data.{key} is {getattr(data, key)}: set it above 0 (e.g. 0.1) to carve {split}/ off "
+                          f"train/" if split in tree.carved else f"add images to {split}/ in data.source")
     return out
 
 
@@ -211,7 +238,9 @@ def check_dataset(root: Path, data: DataParams) -> CheckResult:
     classes = sorted(rec.splits.get("train", {}))
     if tree.splits.get("train") and not classes:
         findings.append(Finding("classes", "error", "data.drop_classes leaves no class in train/; drop fewer."))
-    findings += _class_findings(rec, usable, classes, data)
+    empty = _empty_splits(tree, usable, data)  # split -> the fix
+    findings += _class_findings(rec, usable, classes, data) + [
+        Finding("splits", "error", f"{split}/: no images ({_NEEDS[split]})") for split in empty]
     ok = [scans[p] for p in paths if scans[p].ok]
     groups = _duplicate_groups(ok)
     findings += [_duplicate_finding(g, data.strict, label) for g in groups]
@@ -223,6 +252,10 @@ def check_dataset(root: Path, data: DataParams) -> CheckResult:
     unknown = unknown_folders(rec.splits, rec.folders, classes) if classes else {}
     fixes = {"classes": class_fix(unknown, classes, report["missing_classes"], aliases=data.class_aliases,
                                   drop=data.drop_classes)} if unknown else {}
+    if empty:
+        fixes["splits"] = "; ".join(empty.values())
+    if control_messages(rec):
+        fixes["classes"] = "; ".join(filter(None, (control_fix(rec), fixes.get("classes"))))
     index = None
     if report["accepted"]:
         ids = {name: i for i, name in enumerate(classes)}

@@ -183,7 +183,7 @@ def scan_file(root: Path, rel: str, *, path: Optional[Path] = None, phash: bool 
         return FileScan(rel, "", f"unreadable file ({exc.strerror or type(exc).__name__})")
     digest = hashlib.sha256(data).hexdigest()
     try:
-        image, info = decode_rgb(data)
+        image, info = decode_rgb(data, rel)
     except BadImageError as exc:
         return FileScan(rel, digest, str(exc))
     return FileScan(rel, digest, None, info.mode, info.orientation, info.width, info.height,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,15 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 # 224), so a 6000x1 strip of 100 bytes would become 1,536,000 x 256 pixels (GBs): Pillow's
 # decompression-bomb guard counts the file's pixels, not the resized ones. Panoramas stay far below.
 MAX_ASPECT_RATIO = 20
+
+logger = logging.getLogger(__name__)
+
+# Pillow warns about an image over Image.MAX_IMAGE_PIXELS (89 Mpx) in two raw lines on stderr, from any
+# thread or worker, and refuses one over twice that (a BadImageError here). vitpipe says it in one log
+# line naming the file instead (:func:`_note_large`), once per file and process.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_noted: set[str] = set()
+_noted_lock = threading.Lock()
 
 class BadImageError(ValueError):
     """The file is not a decodable image; the message says why in a few words."""
@@ -30,6 +42,20 @@ def check_shape(width: int, height: int) -> None:
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise BadImageError(f"{width}x{height} pixels, sides in a ratio over {MAX_ASPECT_RATIO}:1 (resizing its "
                             f"short side to the model's input would blow it up); crop it")
+
+
+def _note_large(name: str, width: int, height: int) -> None:
+    """Logs, once per ``name``, an image Pillow would have warned about (still decoded: under twice the limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or width * height <= limit:
+        return
+    with _noted_lock:
+        if name in _noted:
+            return
+        _noted.add(name)
+    logger.warning("%s: %d x %d pixels (%.0f Mpx), over Pillow's decompression-bomb warning limit of %.0f Mpx; "
+                   "decoded anyway (about %.0f MB of memory). Shrink it if that is not what you meant.", name,
+                   width, height, width * height / 1e6, limit / 1e6, width * height * 3 / 1e6)
 
 
 def is_image_file(path: Path) -> bool:
@@ -97,12 +123,14 @@ def load_rgb(path: Path) -> Image.Image:
             raise BadImageError("zero bytes")
         with Image.open(path) as img:
             check_shape(*img.size)  # before decoding: the header says it
+            _note_large(str(path), *img.size)
             img.load()  # decode now: truncation surfaces here, not in a loader worker
             return to_rgb(img)
 
 
-def decode_rgb(data: bytes) -> tuple[Image.Image, ImageInfo]:
-    """Decodes image file bytes exactly as :func:`load_rgb` does, and says what they held.
+def decode_rgb(data: bytes, name: str = "an image") -> tuple[Image.Image, ImageInfo]:
+    """Decodes image file bytes exactly as :func:`load_rgb` does, and says what they held
+    (``name``: the file, for the log).
 
     Raises:
         BadImageError: as :func:`load_rgb`.
@@ -112,6 +140,7 @@ def decode_rgb(data: bytes) -> tuple[Image.Image, ImageInfo]:
             raise BadImageError("zero bytes")
         with Image.open(io.BytesIO(data)) as img:
             check_shape(*img.size)
+            _note_large(name, *img.size)
             img.load()
             mode, orientation = img.mode, img.getexif().get(0x0112, 1)
             rgb = to_rgb(img)

@@ -8,6 +8,7 @@ result is swapped in for ``dest`` only when complete.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -20,6 +21,7 @@ from vitpipe.download.layout import materialise
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import DISK_ERRNOS, atomic_dir
 from vitpipe.params import DEFAULT_WATCH, DataParams
+from vitpipe.setparam import set_strings_line
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +69,10 @@ def check_watch(data: DataParams) -> None:
                                f"or archive (params pin it); set data.watch back to {DEFAULT_WATCH}.")
         return
     if Path(watch).resolve() != local.resolve():
+        line = set_strings_line(data__source=data.source, data__watch=str(local))
+        how = f"`{line}`" if line else f"data.watch: {json.dumps(str(local))} in params.yaml"
         raise VitpipeError(f"data.source is the local {data.source!r} but data.watch is {watch!r}, so DVC would "
-                           f"not notice when its images change; set data.watch to the same path "
-                           f"(dvc exp run -S data.source={data.source} -S data.watch={local}).")
+                           f"not notice when its images change; set data.watch to the same path ({how}).")
 
 
 def fetch(source: str, dest: Path, data: DataParams) -> None:

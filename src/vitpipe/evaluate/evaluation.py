@@ -29,6 +29,7 @@ from vitpipe.data.torchdata import ImageDataset
 from vitpipe.errors import VitpipeError
 from vitpipe.evaluate.inference import Predictor, load_predictor
 from vitpipe.fileio import write_csv, write_json
+from vitpipe.finite import first_non_finite_row
 from vitpipe.model.features import (
     Extractor,
     FeatureCache,
@@ -123,6 +124,11 @@ def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, output
     probs = _probabilities(params, index, predictor, cache or FeatureCache()).double().numpy()
     if probs.shape[0] != len(samples):
         raise VitpipeError(f"scored {probs.shape[0]} test images but the index lists {len(samples)}.")
+    bad = first_non_finite_row(torch.from_numpy(probs))
+    if bad is not None:
+        raise VitpipeError(f"{model_path}: gives non-finite logits (NaN or inf) for test image {samples[bad].path}; "
+                           f"nothing written. Train it again (`dvc repro --force train`), with train.precision: fp32 "
+                           f"if it was trained in bf16.")
     labels = np.array([s.label for s in samples])
     metrics, rows = score(probs, labels, index.classes)
     if metrics["absent_classes"]:

@@ -21,6 +21,7 @@ from vitpipe.data.images import BadImageError, is_image_file, load_rgb
 from vitpipe.errors import VitpipeError
 from vitpipe.evaluate import inference
 from vitpipe.evaluate.inference import Predictor
+from vitpipe.finite import first_non_finite_row
 from vitpipe.model.transforms import build_eval_transform
 
 logger = logging.getLogger(__name__)
@@ -76,16 +77,21 @@ def collect_images(paths: Sequence[Path | str]) -> list[Path | ImageError]:
             entries.extend(found or [ImageError(str(path), "directory holds no image files (.jpg, .png, ...)")])
         elif path.is_file():
             entries.append(path)
+        elif path.exists():  # never opened: a FIFO would block, /dev/zero never ends
+            entries.append(ImageError(str(path), "not a regular file (a FIFO, socket or device); give an image file"))
         else:
             entries.append(ImageError(str(path), "no such file or directory"))
     return entries
 
 
 def predict_files(predictor: Predictor, files: Sequence[Path | ImageError], *, top_k: int,
-                  batch_size: int) -> Iterator[Result]:
+                  batch_size: int, model: Path | str = "the model") -> Iterator[Result]:
     """Yields one result per entry, in order; an unreadable file yields an :class:`ImageError`.
 
     Images are decoded one by one and scored ``batch_size`` at a time.
+
+    Raises:
+        VitpipeError: ``model`` (the predictor's file) gives NaN or inf for an image.
     """
     transform = build_eval_transform(predictor.card.eval_transform)
     pending: list[tuple[str, torch.Tensor | str]] = []
@@ -98,9 +104,9 @@ def predict_files(predictor: Predictor, files: Sequence[Path | ImageError], *, t
         pending.append((str(entry), item))
         n_tensors += isinstance(item, torch.Tensor)
         if n_tensors == batch_size:
-            yield from _flush(predictor, pending, top_k)
+            yield from _flush(predictor, pending, top_k, model)
             pending, n_tensors = [], 0
-    yield from _flush(predictor, pending, top_k)
+    yield from _flush(predictor, pending, top_k, model)
 
 
 def _load(path: Path, transform: Callable[[Any], torch.Tensor]) -> torch.Tensor | str:
@@ -113,10 +119,16 @@ def _load(path: Path, transform: Callable[[Any], torch.Tensor]) -> torch.Tensor 
         return exc.strerror or type(exc).__name__
 
 
-def _flush(predictor: Predictor, pending: list[tuple[str, torch.Tensor | str]], top_k: int) -> Iterator[Result]:
+def _flush(predictor: Predictor, pending: list[tuple[str, torch.Tensor | str]], top_k: int,
+           model: Path | str) -> Iterator[Result]:
     tensors = [item for _, item in pending if isinstance(item, torch.Tensor)]
     if tensors:
         probs = predictor.probabilities(torch.stack(tensors)).float().cpu()  # (B, n_classes)
+        bad = first_non_finite_row(probs)
+        if bad is not None:
+            path = [p for p, item in pending if isinstance(item, torch.Tensor)][bad]
+            raise VitpipeError(f"{model}: gives non-finite logits (NaN or inf) for {path}; its "
+                               f"probabilities would be meaningless. Train or export the model again.")
         values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)  # (B, k), sorted
     classes = predictor.card.classes
     row = 0
@@ -156,4 +168,4 @@ def predict_paths(paths: Sequence[Path | str], model_path: Path, *, top_k: int =
     entries = collect_images(paths)
     predictor = load_predictor(model_path, device=device, tta=tta)
     logger.info("predicting %d image file(s)", sum(isinstance(e, Path) for e in entries))
-    return predict_files(predictor, entries, top_k=top_k, batch_size=batch_size)
+    return predict_files(predictor, entries, top_k=top_k, batch_size=batch_size, model=model_path)

@@ -1,19 +1,23 @@
 """``vitpipe export`` and the export stage: check the output folder, then write one format into it atomically.
 
 The output is a folder (``models/onnx``, ``models/timm`` by default). It is built beside its
-destination and swapped in whole, so a failed export leaves the previous one untouched. A folder
-that holds anything but a previous export of the same format is refused, never emptied: vitpipe
-deletes only what it wrote.
+destination and swapped in whole, so a failed export leaves the previous one untouched. An earlier
+export is recognised by the mark vitpipe writes with it (:data:`MARK`: the format and each file's
+SHA-256), never by file names: a folder holding anything else, or a file changed since, is refused
+and left as it is, so a user's own ``model.onnx``, ``README.md`` or ``config.json`` is never replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from vitpipe.errors import VitpipeError
 from vitpipe.export.model_card import render_model_card
@@ -23,14 +27,17 @@ from vitpipe.export.onnx_file import (
     max_abs_difference,
 )
 from vitpipe.export.timm_folder import check_timm_compatible, write_timm_folder
-from vitpipe.fileio import atomic_dir, file_sha256, write_text
+from vitpipe.fileio import DISK_ERRNOS, atomic_dir, file_sha256, write_error, write_text
 from vitpipe.model.model_file import load_model
 from vitpipe.params import Params
 
 logger = logging.getLogger(__name__)
 
-# What each format writes into its folder, and all it may find there from a previous export.
+# What each format writes into its folder.
 FILES = {"onnx": ("model.onnx",), "timm": ("config.json", "model.safetensors", "README.md")}
+# Written last into the folder: {"format", "files": {name: sha256}}. The next export replaces the folder
+# only when it holds exactly these files with these bytes.
+MARK = ".vitpipe-export"
 
 
 def default_out(fmt: str) -> Path:
@@ -69,15 +76,17 @@ def export_model(model_path: Path, fmt: str, out: Path | None = None, *, metrics
         except OSError as exc:
             raise VitpipeError(f"--out {out}: cannot write there ({exc.strerror or exc}); "
                                f"choose a writable directory.") from None
-        if fmt == "onnx":
-            export_classifier(model, card, tmp / "model.onnx", source_sha256=file_sha256(Path(model_path)))
-            _log_check(tmp / "model.onnx", ExportedLogits(model, round_features=bool(card.feature_dtype)),
-                       card.eval_transform.crop)
-        else:
-            write_timm_folder(model, card, tmp)
-            write_text(tmp / "README.md", render_model_card(card, model_path=Path(model_path),
-                                                            metrics_dir=metrics_dir, params=params))
-        _shareable(tmp)
+        with _named_as(tmp, out):
+            if fmt == "onnx":
+                export_classifier(model, card, tmp / "model.onnx", source_sha256=file_sha256(Path(model_path)))
+                _log_check(tmp / "model.onnx", ExportedLogits(model, round_features=bool(card.feature_dtype)),
+                           card.eval_transform.crop)
+            else:
+                write_timm_folder(model, card, tmp)
+                write_text(tmp / "README.md", render_model_card(card, model_path=Path(model_path),
+                                                                metrics_dir=metrics_dir, params=params))
+            mark = {"format": fmt, "files": {name: file_sha256(tmp / name) for name in FILES[fmt]}}
+            write_text(tmp / MARK, json.dumps(mark, indent=2, sort_keys=True) + "\n")
     written = [out / name for name in FILES[fmt]]
     logger.info("exported %s as %s: %s", model_path, fmt, ", ".join(map(str, written)))
     return written
@@ -95,12 +104,10 @@ def check_out_dir(out: Path, fmt: str) -> None:
     if out.exists():
         if not out.is_dir():
             raise VitpipeError(f"--out {out}: is a file, not a directory; give a new or empty directory.")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in FILES[fmt] or p.is_symlink() or not p.is_file())
-        if foreign:
-            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-            raise VitpipeError(f"--out {out}: holds {', '.join(foreign[:3])}{more}, not written by "
-                               f"`vitpipe export --format {fmt}`; give a new or empty directory "
-                               f"(vitpipe never deletes files it did not write).")
+        problem = _not_an_earlier_export(out, fmt)
+        if problem:
+            raise VitpipeError(f"--out {out}: {problem}; give a new or empty directory (vitpipe replaces only "
+                               f"an export it wrote, recognised by its {MARK}).")
         _check_writable(out, out)
     parent = out.absolute().parent
     while not parent.exists():
@@ -117,13 +124,60 @@ def _check_writable(out: Path, folder: Path) -> None:
         raise VitpipeError(f"--out {out}: {where} read-only; make it writable (chmod u+w) or choose another --out.")
 
 
-def _shareable(folder: Path) -> None:
-    """The usual permissions (umask applied): temporary files and folders are created private."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
+def _not_an_earlier_export(out: Path, fmt: str) -> str | None:
+    """Why the folder ``out`` is not an export of ``fmt`` vitpipe wrote, as it wrote it; None when it is one (or empty)."""
+    try:
+        names = sorted(p.name for p in out.iterdir())
+    except OSError as exc:
+        return f"cannot be listed ({exc.strerror or exc})"
+    if not names:
+        return None
+    mark = out / MARK
+    try:
+        recorded = json.loads(mark.read_text(encoding="utf-8")) if mark.is_file() and not mark.is_symlink() else None
+        files = recorded["files"] if isinstance(recorded, dict) and isinstance(recorded["files"], dict) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        files = None
+    if files is None:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return (f"holds {shown}, not an export written by `vitpipe export` (no {MARK} of its own; an export by "
+                f"a vitpipe older than the mark has none: remove it by hand)")
+    if recorded.get("format") != fmt:
+        return f"holds a `vitpipe export --format {recorded.get('format')}` export, not --format {fmt}"
+    for name in names:
+        path = out / name
+        if name != MARK and name not in files:
+            return f"holds {name}, which `vitpipe export` did not write"
+        if path.is_symlink() or not path.is_file():
+            return f"{name} is {'a link' if path.is_symlink() else 'not a file'}, not what `vitpipe export` wrote"
+        try:
+            changed = name != MARK and file_sha256(path) != files[name]
+        except OSError as exc:
+            return f"{name} cannot be read ({exc.strerror or exc}), so it cannot be checked against {MARK}"
+        if changed:
+            return f"{name} has changed since `vitpipe export` wrote it (its SHA-256 is not the one in {MARK})"
+    return None
+
+
+@contextlib.contextmanager
+def _named_as(tmp: Path, out: Path) -> Iterator[None]:
+    """A failed write into the temporary folder ``tmp`` named as the file it was meant to be in ``out``."""
+    try:
+        yield
+    except VitpipeError as exc:
+        raise VitpipeError(str(exc).replace(str(tmp), str(out))) from None
+    except SafetensorError as exc:  # timm's save_for_hf: the Rust writer's "No space left on device"
+        text = str(exc)
+        reason = next((r for r in ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                                   "Permission denied", "File too large") if r in text), text.splitlines()[0])
+        raise VitpipeError(f"could not write {out / 'model.safetensors'}: {reason}. Free space or fix permissions "
+                           f"there, then run again.") from None
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        name = Path(os.fsdecode(exc.filename)).name if exc.filename else ""
+        target = out / name if name else out
+        raise VitpipeError(str(write_error(target, exc)).replace(str(tmp), str(out))) from None
 
 
 def _log_check(path: Path, module: torch.nn.Module, size: int) -> None:

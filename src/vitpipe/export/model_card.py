@@ -183,6 +183,10 @@ def _verified(model_path: Path, dvc_lock: Path, *metrics: Path) -> str:
     except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):  # ValueError: not UTF-8
         return f"Not checked against the model file ({dvc_lock} has no evaluate stage here)."
     recorded, actual = deps.get(rel(model_path)), md5(model_path)
+    if recorded is None:  # evaluate scored another path (export --model elsewhere), or dvc.lock has no md5 for it
+        scored = ", ".join(sorted(p for p in deps if str(p).endswith((".safetensors", ".onnx")))) or "no model file"
+        return (f"Caution: {dvc_lock} records evaluate scoring {scored}, not {rel(model_path)}: these metrics may "
+                f"be another model's.")
     if recorded != actual:
         return (f"Caution: {dvc_lock} records evaluate's {rel(model_path)} as md5 {recorded}, this model file is "
                 f"{actual}: these metrics may be another model's.")

@@ -13,6 +13,7 @@ from safetensors.torch import save
 
 from vitpipe.errors import VitpipeError
 from vitpipe.fileio import write_bytes
+from vitpipe.finite import check_weights
 from vitpipe.model.classifier import Classifier, ModelInfo, build_model
 from vitpipe.model.transforms import EvalSpec
 from vitpipe.params import ModelParams
@@ -56,6 +57,7 @@ class ModelCard:
 def save_model(path: Path, model: Classifier, card: ModelCard) -> None:
     """Writes the weights and the card atomically."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    check_weights(state, path, fix="training diverged: nothing written. Lower train.lr, or set train.precision: fp32")
     write_bytes(path, save(state, metadata=card.to_metadata()))  # Python writes: a full disk names ``path``
 
 
@@ -70,6 +72,7 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[Class
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as exc:
         raise VitpipeError(f"{path}: not a readable safetensors file ({exc}).") from None
+    check_weights(state, path, fix="the file is damaged. Train it again (`dvc repro --force train`)")
     params = ModelParams(**{**asdict(card.model), "pretrained": False, "weights": None})
     model, _ = build_model(params, len(card.classes), seed=0)
     try:

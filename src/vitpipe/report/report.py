@@ -115,8 +115,27 @@ def _parse_csv(text: str, source: str, kind: str) -> pd.DataFrame:
         raise VitpipeError(f"{source}: no column(s) {missing}; it was not written by vitpipe; rerun `dvc repro`.")
     for column in _NUMERIC.get(kind, ()):
         if column in frame:  # an empty cell (a class with no test image) is NaN, shown as a dash
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+            frame[column] = _numbers(frame[column], source, allow_empty=True)
+    if kind == "predictions":
+        frame["confidence"] = _numbers(frame["confidence"], source, allow_empty=False, unit=True)
     return frame
+
+
+def _numbers(column: pd.Series, source: str, *, allow_empty: bool, unit: bool = False) -> pd.Series:
+    """``column`` as floats. A cell that is not a finite number (text, ``nan``, ``inf``; empty unless
+    ``allow_empty``; outside [0, 1] with ``unit``) is a :class:`VitpipeError` naming the file, the row
+    (the first after the header is 1) and the cell."""
+    text = column.astype(str).str.strip()
+    values = pd.to_numeric(text.where(text != ""), errors="coerce")
+    finite = values.map(lambda v: v == v and abs(v) != float("inf"))
+    ok = finite & (values.between(0.0, 1.0) if unit else True)
+    bad = ~ok & ((text != "") | (not allow_empty))
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        what = "a probability between 0 and 1" if unit else "a number"
+        raise VitpipeError(f"{source}: row {row + 1}: {column.name} {text.iloc[row]!r} is not {what}; the file was "
+                           f"edited or written by another program. Rerun `dvc repro` (evaluate writes it).")
+    return values.astype(float)
 
 
 def read_workspace_csv(root: Path, rel: str, kind: str, *, required: bool = True) -> pd.DataFrame | None:

@@ -7,7 +7,9 @@ vitpipe's cache folder, not among the stage's DVC outputs (a persistent output w
 run-caching the stage): ``checkpoints/<key digest>/last.pt``, with the key's parts beside it in
 ``key.json``. So a run only ever finds its own checkpoint, a killed run of other settings waits in
 its own folder until they come back, and a finished run deletes its folder. It is resumed only when
-the key stored in it is the current run's, and loaded with ``torch.load(weights_only=True)``.
+its bytes match the SHA-256 written with it (``last.sha256``: a flipped bit, a truncated or
+replaced file starts the run fresh, said in the log) and the key stored in it is the current run's,
+and it is loaded with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ import torch
 
 from vitpipe.cachedir import cache_subdir, make_cache_dir
 from vitpipe.errors import VitpipeError
-from vitpipe.fileio import atomic_path, read_json, remove_stale_temps, write_error, write_text
+from vitpipe.fileio import atomic_path, file_sha256, read_json, remove_stale_temps, write_error, write_text
 from vitpipe.model.weights import safe_torch_load
 from vitpipe.train.resume import key_changes, key_digest
 
 CHECKPOINT_FILE = "last.pt"
 KEY_FILE = "key.json"  # the key's parts, readable without loading the checkpoint
+# The SHA-256 of last.pt, one per line: written before last.pt is renamed into place with both the new
+# and the previous file's (a kill between the two renames leaves either file, both verified), then the new only.
+DIGEST_FILE = "last.sha256"
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +97,7 @@ def save_checkpoint(path: Path, *, key: dict[str, Any], progress: Progress, modu
         make_cache_dir(path.parent)  # a new cache root gets vitpipe's tag first
     except OSError as exc:
         raise write_error(path.parent, exc) from None
-    for own in (path, path.parent / KEY_FILE):
+    for own in (path, path.parent / KEY_FILE, path.parent / DIGEST_FILE):
         if own.is_dir() and not own.is_symlink():
             raise VitpipeError(f"could not write {own}: a folder vitpipe did not make is in its place; "
                                f"move it out of the cache folder")
@@ -107,11 +112,48 @@ def save_checkpoint(path: Path, *, key: dict[str, Any], progress: Progress, modu
         "ema": ema.state_dict() if ema is not None else None,
         "rng": _rng_state(),
     }
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        try:
-            torch.save(payload, f)  # to a buffered Python file: a full disk is an OSError, not torch's "unexpected pos"
-        except RuntimeError as exc:
-            raise write_error(path, exc) from None
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            try:
+                torch.save(payload, f)  # to a buffered Python file: a full disk is an OSError, not torch's "unexpected pos"
+            except RuntimeError as exc:
+                raise write_error(path, exc) from None
+        digest = file_sha256(tmp)
+        _write_digests(path, [digest, *_digests(path)])  # the file in place now stays valid until the rename
+    _write_digests(path, [digest])
+
+
+def _digests(path: Path) -> list[str]:
+    """The digests written with the checkpoint at ``path``; none when the file is missing, a link or torn."""
+    own = path.parent / DIGEST_FILE
+    try:
+        lines = [] if own.is_symlink() else own.read_text(encoding="ascii").split()
+    except (OSError, ValueError):
+        return []
+    return [line for line in lines if len(line) == 64 and all(c in "0123456789abcdef" for c in line)]
+
+
+def _write_digests(path: Path, digests: list[str]) -> None:
+    write_text(path.parent / DIGEST_FILE, "".join(f"{d}\n" for d in dict.fromkeys(digests[:3])))
+
+
+def _verified(path: Path) -> bool:
+    """True when ``path`` matches a digest written with it; else a warning says why, and False."""
+    digests = _digests(path)
+    if not digests:
+        logger.warning("checkpoint %s has no digest written with it (%s missing or damaged), so it cannot be "
+                       "verified; starting fresh", path, DIGEST_FILE)
+        return False
+    try:
+        actual = file_sha256(path)
+    except OSError as exc:
+        logger.warning("checkpoint %s cannot be read (%s); starting fresh", path, exc.strerror or exc)
+        return False
+    if actual not in digests:
+        logger.warning("checkpoint %s does not match the SHA-256 written with it (changed or damaged since it was "
+                       "saved: %s..., expected %s...); starting fresh", path, actual[:12], digests[0][:12])
+        return False
+    return True
 
 
 def load_checkpoint(path: Path, *, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -122,6 +164,8 @@ def load_checkpoint(path: Path, *, key: dict[str, Any]) -> dict[str, Any] | None
         return None
     if not path.is_file():
         _note_nearest_other(path.parent.parent, key)
+        return None
+    if not _verified(path):
         return None
     try:
         payload = safe_torch_load(path, what="checkpoint")
@@ -165,7 +209,7 @@ def _note_nearest_other(root: Path, key: dict[str, Any]) -> None:
 def discard_checkpoint(path: Path) -> None:
     """Deletes a finished run's checkpoint, its key, the temporary files a killed write of them left,
     and their folder (if nothing else is in it)."""
-    for name in (CHECKPOINT_FILE, KEY_FILE):
+    for name in (CHECKPOINT_FILE, KEY_FILE, DIGEST_FILE):
         remove_stale_temps(path.parent / name)
         try:
             (path.parent / name).unlink(missing_ok=True)

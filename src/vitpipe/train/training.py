@@ -10,6 +10,7 @@ the log only, so a rerun of the same params leaves dvc.lock as it was.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,6 +258,10 @@ def _run_epoch(epoch: int, engine, optimizer, scheduler, ema, progress: Progress
     train_loss, train_acc = engine.train_epoch(epoch, optimizer, ema)
     scored = ema.module if ema is not None else engine.module
     val_loss, val_ce, val_acc = engine.evaluate(scored)
+    for name, value in (("train loss", train_loss), ("val loss", val_loss), ("val cross-entropy", val_ce)):
+        if not math.isfinite(value):  # NaN's argmax is class 0: nothing after this epoch would mean anything
+            raise VitpipeError(f"epoch {epoch}: the {name} is {value} (training diverged); the run stops here, "
+                               f"no model written. Lower train.lr (this epoch ran at {lr:g}), or set train.precision: fp32.")
     scheduler.step(epoch + 1)
     progress.history.append({"epoch": epoch, "train_loss_smoothed": train_loss, "train_accuracy": train_acc,
                              "val_loss_smoothed": val_loss, "val_cross_entropy": val_ce, "val_accuracy": val_acc,
