@@ -170,7 +170,7 @@ def test_a_queued_grid_runs_on_two_workers_that_inherit_the_feature_cache_dir(ti
     for split, n in images.items():
         assert sum(int(computed) for s, _, _, computed in passes if s == split) == n, passes
 
-    # Queued runs add DVC's State and Executor columns; the README's command keeps the table whole
+    # Queued runs add DVC's State and Executor columns; dropping Created and Executor keeps the table whole
     table = _run(work, {**env, "COLUMNS": "160"}, DVC, "exp", "show", "--only-changed", "--drop",
                  "Created|Executor").stdout
     assert "…" not in table and all(len(line) <= 160 for line in table.splitlines()), table
@@ -303,7 +303,7 @@ def test_a_sweep_over_100_classes_still_fits_160_columns(tiny_repo, tmp_path):
     _repro_commit_and_sweep(work, env)
     # A source folder outside the repository is a dependency DVC 3.67 names relative to the repository
     # in the workspace row and relative to / in the commits' rows, so --only-changed would show it as
-    # two changed columns (long paths): the README says to add --hide-workspace with such a source.
+    # two changed columns (long paths): docs/dvc.md says so (--hide-workspace hides one).
     table = _assert_fits_160_columns(work, env, len(SWEEP), "--hide-workspace")
     assert json.loads((work / "metrics" / "data_totals.json").read_text())["classes"] == 100
     assert len(json.loads((work / "metrics" / "per_class.json").read_text())) == 100  # per class: a plot

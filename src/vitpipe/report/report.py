@@ -233,7 +233,8 @@ def _class_sections(current: pd.DataFrame, base: pd.DataFrame | None, prediction
     else:
         changed = accuracy_changes(current, base, len(current) + len(base))
         rows = [[r["class"], _accuracy(r["accuracy_base"]), _accuracy(r["accuracy_now"]),
-                 "—" if pd.isna(r["change"]) else f"{100 * r['change']:+.1f}"] for _, r in changed.head(top).iterrows()]
+                 "—" if pd.isna(r["change"]) else f"{100 * r['change']:+.1f}"]
+                for _, r in changed.head(top).iterrows()]
         if len(changed) > top:
             out += [f"The {top} of {len(changed)} classes whose accuracy changed, largest change first "
                     f"(`--top` shows more):", ""]
