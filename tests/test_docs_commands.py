@@ -17,6 +17,8 @@ What is changed, and only this (so an edited line in the docs is what runs):
   already holds; placeholders (``/path/to/my-photos``, ``photo.jpg``, ``<name>``...) become real
   paths and names; ``origin/main`` is ``main`` (the copy has no remote).
 - A user's waiting: after ``dvc queue start`` the test waits until the queue is done.
+- ``VITPIPE_PROGRESS_SECONDS=0``: the output is captured (not a terminal), so the own-images run and
+  the fine-tune log their passes' progress, a line per batch here; the test checks them (PROGRESS).
 
 The README runs on a fresh clone of the copy (its results committed, its outputs gone, as a clone
 of main has them); each docs page then starts from a clone after ``make repro`` (the commit reset,
@@ -51,6 +53,10 @@ MAKE_RECIPES = {"make repro": "$(BIN)/dvc repro", "make report": "$(BIN)/vitpipe
                 "make pr-report": "$(BIN)/vitpipe pr-report --base $(BASE) --out report.md"}
 NOT_AGAIN = {"make test": "this suite", "source .venv/bin/activate": "PATH holds the suite's environment"}
 HEADLINE = ("accuracy", "correct", "n_images", "best_val_accuracy")  # what the exp show line keeps
+# Output captured, as in CI or `dvc queue logs`: each long pass logs its progress. VITPIPE_PROGRESS_SECONDS=0
+# (a line per batch) stands for a pass longer than the 20 s interval, without waiting for one.
+PROGRESS = {"dvc exp run -S data.source=": ("scanning raw", "train view 0", "valid view 0", "test view 0"),
+            "dvc exp run --temp -S train.freeze=none": ("epoch 0", "epoch 9", "test")}
 DROPPED_PARAMS = {"data.watch": "always data.source's path (the download stage refuses any other)"}
 
 
@@ -131,12 +137,13 @@ class Flow:
                 params[section].update(values)
 
         self.work, env = copy_repo(tmp_path, edit_params=cheap, env={"HOME": str(tmp_path / "home")})
-        self.env = {**env, "COLUMNS": "160"}
+        self.env = {**env, "COLUMNS": "160", "VITPIPE_PROGRESS_SECONDS": "0"}
         _sh("git branch -m main", self.work, self.env)
         self.scratch = scratch  # short paths: a data.source is a column of `dvc exp show`
         self.values = {"/path/to/my-photos": str(_photos(scratch)), "/srv/dvc-store": str(scratch / "dvc-store"),
                        "origin/main": "main"}
         self.ran: dict[str, list[str]] = {}
+        self.progress_seen: set[str] = set()
 
     def baseline(self) -> None:
         """The copy's results committed, as main holds them."""
@@ -194,8 +201,12 @@ class Flow:
                 if cmd is None:
                     continue
                 started = time.monotonic()
-                _sh(cmd, self.work, self.env)
+                done = _sh(cmd, self.work, self.env)
                 ran.append(f"{time.monotonic() - started:6.1f} s  {cmd}")
+                for start, passes in PROGRESS.items():
+                    if cmd.startswith(start):
+                        self.progress_seen.add(start)
+                        _assert_progress(done.stdout + done.stderr, passes, cmd)
                 if re.search(r"\bdvc queue start\b", cmd):
                     self._wait_for_the_queue()
 
@@ -206,6 +217,16 @@ class Flow:
             time.sleep(3)
         failed = _sh("dvc queue status", self.work, self.env).stdout
         assert "Failed" not in failed, failed
+
+
+def _assert_progress(output: str, passes: tuple[str, ...], cmd: str) -> None:
+    """Each pass logged `desc: done/total images (pct), rate, time left`, counting up to its total."""
+    for desc in passes:
+        counts = re.findall(rf"INFO vitpipe\.progress: {re.escape(desc)}: ([\d,]+)/([\d,]+) (?:images|files) "
+                            rf"\(\d+%\), [\d.,]+ (?:images|files)/s, .+ left", output)
+        done = [int(n.replace(",", "")) for n, _ in counts]
+        assert done and done == sorted(done) and done[-1] == int(counts[-1][1].replace(",", "")), (
+            f"`{cmd}`: no progress lines for {desc!r}:\n{output[-3000:]}")
 
 
 def exp_show_line() -> str:
@@ -311,3 +332,4 @@ def test_the_readme_and_every_docs_page_run_in_order(tmp_path):
         for page, ran in flow.ran.items():
             print(f"\n{page}:\n" + "\n".join(ran) + "\n" + tables.get(page, ""))  # noqa: T201
     assert {"README.md", "docs/experiments.md", "docs/reports.md", "docs/export.md"} <= set(tables)
+    assert flow.progress_seen == set(PROGRESS)  # the commands whose progress is checked are in the docs

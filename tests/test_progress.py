@@ -1,18 +1,15 @@
 """Progress outside a terminal: a log line per interval (done/total, rate, time left), driven here
-by a fake clock; end to end, a redirected `dvc repro` and `dvc exp run` log every long pass."""
+by a fake clock. End to end, through `dvc exp run` with its output captured (the own-images run and
+the fine-tune of the docs): tests/test_docs_commands.py."""
 
 from __future__ import annotations
 
 import logging
-import re
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from repo_copy import copy_repo
 
 from vitpipe import progress
 from vitpipe.errors import VitpipeError
@@ -109,34 +106,3 @@ def test_a_bad_interval_is_one_line_naming_the_variable(monkeypatch, value):
     with pytest.raises(VitpipeError) as err:
         progress.interval()
     assert progress.ENV in str(err.value) and "\n" not in str(err.value)
-
-
-def _tiny(params: dict) -> None:
-    params["data"]["synthetic"].update(classes=3, train_per_class=8, valid_per_class=4, test_per_class=4,
-                                       image_size=48)
-    params["model"].update(name="test_vit", img_size=32, head_hidden=16)
-    params["train"].update(epochs=2, batch_size=8, val_batch_size=8, num_workers=0)
-
-
-@pytest.mark.slow
-def test_a_redirected_repro_and_fine_tune_log_progress_of_every_pass(tmp_path):
-    """Output to a file, as in CI or `dvc queue logs`; VITPIPE_PROGRESS_SECONDS=0 stands for a pass
-    longer than the interval (a line per batch) without waiting for one."""
-    work, env = copy_repo(tmp_path, edit_params=_tiny, env={progress.ENV: "0"})
-    dvc = str(Path(sys.executable).with_name("dvc"))
-    logs = {}
-    for name, args in {"repro": [dvc, "repro"],
-                       "fine-tune": [dvc, "exp", "run", "-S", "train.freeze=none", "-S", "train.epochs=2"]}.items():
-        log = tmp_path / f"{name}.log"
-        with open(log, "w") as out:
-            done = subprocess.run(args, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900)
-        logs[name] = log.read_text()
-        assert done.returncode == 0, logs[name]
-    line = r"INFO vitpipe\.progress: {}: (\d+)/{} {} \(\d+%\), [\d.,]+ {}/s, .+ left"
-    expected = {"repro": [("scanning raw", 48, "files"), ("train view 0", 24, "images"),
-                          ("valid view 0", 12, "images"), ("test view 0", 12, "images")],
-                "fine-tune": [("epoch 0", 24, "images"), ("epoch 1", 24, "images"), ("test", 12, "images")]}
-    for name, passes in expected.items():
-        for desc, total, unit in passes:
-            done = [int(n) for n in re.findall(line.format(re.escape(desc), total, unit, unit), logs[name])]
-            assert done and done == sorted(done) and done[-1] == total, (desc, logs[name])
