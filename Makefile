@@ -13,7 +13,7 @@ export PATH := $(BIN):$(PATH)
 install: $(STAMP)
 
 # Re-installs only when pyproject.toml changes, so a second `make install` takes a moment.
-# pip, not uv/poetry: pip finds the local torch wheels (see README, "Installing").
+# pip, not uv/poetry: pip finds the local torch wheels (see docs/development.md, "Installing").
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
@@ -21,13 +21,18 @@ $(STAMP): pyproject.toml
 
 # What `vitpipe pr-report` needs, without PyTorch and the model libraries (CI's default job):
 # the package without its dependencies, then the pinned ones except REPORT_SKIP.
-REPORT_SKIP := torch torchvision timm kagglehub
-install-report:
+# Re-installs only when pyproject.toml changes (its own stamp), so `make pr-report` installs once.
+REPORT_SKIP  := torch torchvision timm kagglehub
+REPORT_STAMP := $(VENV)/.installed-report
+install-report: $(REPORT_STAMP)
+
+$(REPORT_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c 'import sys, tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
 	  print("\n".join(d for d in deps if d.split("==")[0] not in sys.argv[1:]))' $(REPORT_SKIP) > $(VENV)/report-requirements.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r $(VENV)/report-requirements.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
+	touch $(REPORT_STAMP)
 
 repro: install
 	$(BIN)/dvc repro

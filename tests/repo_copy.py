@@ -43,7 +43,8 @@ def copy_repo(tmp_path: Path, *, edit_params: Callable[[dict], None] | None = No
                            capture_output=True, text=True).stdout.split("\0")
     work = tmp_path / "repo"
     for name in filter(None, files):
-        if (REPO / name).is_file() and not name.startswith(("metrics/", "dvclive/", "dvc.lock")):
+        output = name.startswith(("metrics/", "dvclive/", "dvc.lock")) and not name.endswith("/.gitignore")
+        if (REPO / name).is_file() and not output:
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, work / name)
     if edit_params is not None:

@@ -87,6 +87,36 @@ def test_a_failed_download_under_dvc_repro_loses_data_raw_and_dvc_checkout_resto
 
 
 @pytest.mark.slow
+def test_dvc_repro_never_deletes_a_users_file_in_dvclives_folder(tiny_repo, tmp_path):
+    """Issue 22, case 3: with DVCLive's folder declared as an output, DVC deleted it whole before the
+    train stage ran (a user's curve in it too, so the stage's own refusal never saw it). Each file
+    vitpipe writes is declared instead: DVC deletes those, the stage refuses the folder in one line,
+    and the user's files are as they were."""
+    work, env = tiny_repo
+    env = {**env, "VITPIPE_CACHE_DIR": str(tmp_path / "cache")}
+    _run(work, env, DVC, "repro")
+    mine = {work / "dvclive" / "plots" / "metrics" / "mycurve.tsv": b"step\tmine\n0\t1\n",
+            work / "dvclive" / "plots" / "custom" / "mine.json": b"[]\n"}
+    for path, data in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    text = (work / "params.yaml").read_text()
+    (work / "params.yaml").write_text(text.replace("lr: 0.001", "lr: 0.0005"))
+    refused = _run(work, env, DVC, "repro", ok=False)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if " ERROR vitpipe" in line]
+    assert len(errors) == 1 and "--live dvclive: holds files vitpipe did not write" in errors[0], output
+    assert "plots/custom" in errors[0] and "plots/metrics/mycurve.tsv" in errors[0]
+    assert all(path.read_bytes() == data for path, data in mine.items())  # both kept, byte for byte
+
+    for path in mine:  # moved away, the same command trains
+        path.unlink()
+    _run(work, env, DVC, "repro")
+    assert (work / "dvclive" / "plots" / "metrics" / "val" / "accuracy.tsv").is_file()
+
+
+@pytest.mark.slow
 def test_a_queued_grid_runs_on_two_workers_that_inherit_the_feature_cache_dir(tiny_repo, tmp_path):
     work, env = tiny_repo
     # the committed results the grid is compared with (train.lr 1e-3), in a cache of their own
@@ -129,7 +159,7 @@ def test_a_queued_grid_runs_on_two_workers_that_inherit_the_feature_cache_dir(ti
     for split, n in images.items():
         assert sum(int(computed) for s, _, _, computed in passes if s == split) == n, passes
 
-    # Queued runs add DVC's State and Executor columns; the README's command keeps the table whole
+    # Queued runs add DVC's State and Executor columns; dropping Created and Executor keeps the table whole
     table = _run(work, {**env, "COLUMNS": "160"}, DVC, "exp", "show", "--only-changed", "--drop",
                  "Created|Executor|models/model.safetensors").stdout
     assert "…" not in table and all(len(line) <= 160 for line in table.splitlines()), table
@@ -239,14 +269,12 @@ def test_a_sweep_fits_160_columns_and_going_back_to_a_run_is_restored_from_the_r
     assert json.loads((work / "metrics" / "test.json").read_text()) == committed  # the first run's numbers
 
     plots = json.loads(_run(work, env, DVC, "plots", "show", "--json").stdout)["data"]
-    curves = {name: plot for name, plot in plots.items() if name.startswith("dvclive/plots/metrics/")}
-    assert {name.removeprefix("dvclive/plots/metrics/") for name in curves} == {
-        "train/loss_smoothed.tsv", "train/accuracy.tsv", "val/loss_smoothed.tsv", "val/cross_entropy.tsv",
-        "val/accuracy.tsv", "lr.tsv"}
-    values = curves["dvclive/plots/metrics/val/accuracy.tsv"][0]["content"]["data"]["values"]
-    assert [int(v["step"]) for v in values] == [0, 1]  # one point per epoch (train.epochs: 2)
     titles = {plot[0]["content"]["title"]["text"] for plot in plots.values()}
-    assert {"Confusion matrix", "Per-class test accuracy", "Per-class test F1"} <= titles
+    assert titles == {"Accuracy per epoch", "Loss per epoch", "Learning rate per epoch", "Confusion matrix",
+                      "Per-class test accuracy", "Per-class test F1"}  # each once, in words
+    values = plots["Accuracy per epoch"][0]["content"]["data"]["values"]  # DVCLive's files, restored
+    assert sorted((v["filename"], int(v["step"])) for v in values) == [  # one point per epoch (train.epochs: 2)
+        ("train/accuracy.tsv", 0), ("train/accuracy.tsv", 1), ("val/accuracy.tsv", 0), ("val/accuracy.tsv", 1)]
 
 
 def _hundred_classes(root: Path) -> Path:
@@ -270,7 +298,7 @@ def test_a_sweep_over_100_classes_still_fits_160_columns(tiny_repo, tmp_path):
     _repro_commit_and_sweep(work, env)
     # A source folder outside the repository is a dependency DVC 3.67 names relative to the repository
     # in the workspace row and relative to / in the commits' rows, so --only-changed would show it as
-    # two changed columns (long paths): the README says to add --hide-workspace with such a source.
+    # two changed columns (long paths): docs/dvc.md says so (--hide-workspace hides one).
     table = _assert_fits_160_columns(work, env, len(SWEEP), "--hide-workspace")
     assert json.loads((work / "metrics" / "data_totals.json").read_text())["classes"] == 100
     assert len(json.loads((work / "metrics" / "per_class.json").read_text())) == 100  # per class: a plot

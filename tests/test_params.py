@@ -146,13 +146,13 @@ def test_params_yaml_comments_are_the_fields_help():
     assert not wrong, f"params.yaml comments differ from the help in src/vitpipe/params.py: {wrong}"
 
 
-def test_readme_parameter_tables_are_generated_from_the_fields_help():
+def test_the_parameter_tables_are_generated_from_the_fields_help():
     from vitpipe.params import reference_markdown
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    block = readme.split("<!-- params:begin", 1)[1].split("-->", 1)[1].split("<!-- params:end -->")[0]
+    page = (REPO / "docs" / "parameters.md").read_text(encoding="utf-8")
+    block = page.split("<!-- params:begin", 1)[1].split("-->", 1)[1].split("<!-- params:end -->")[0]
     assert block.strip() == reference_markdown().strip(), (
-        "README.md's parameter tables are stale; replace the block between the params markers with "
+        "docs/parameters.md's parameter tables are stale; replace the block between the params markers with "
         "`python -c 'from vitpipe.params import reference_markdown; print(reference_markdown())'`")
 
 

@@ -30,7 +30,7 @@ DEFAULT_WATCH = "src/vitpipe/download/synthetic.py"
 
 
 def _p(default: Any, help: str, **limits: Any) -> Any:
-    """A params field: its default, its one-line ``help`` (the params.yaml comment and the README's
+    """A params field: its default, its one-line ``help`` (the params.yaml comment and docs/parameters.md's
     "meaning", both checked against it by a test), and ``ge``/``gt``/``le``/``lt`` bounds or a
     ``pattern`` for strings. A mapping default is copied for each instance."""
     if isinstance(default, dict):
@@ -508,7 +508,7 @@ def param_rows(cls: type = Params, prefix: str = "") -> list[tuple[str, str, str
 
 
 def reference_markdown() -> str:
-    """The README's parameter tables, one per params.yaml section, generated from the fields' help."""
+    """docs/parameters.md's parameter tables, one per params.yaml section, generated from the fields' help."""
     out = []
     for f in dataclasses.fields(Params):
         doc = (type(f.default).__doc__ or "").strip().splitlines()[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,28 @@ def test_a_wrong_base_is_one_line_before_any_work(clone, tmp_path, monkeypatch, 
     assert main(["pr-report", "--base", "nope", "--out", str(tmp_path / "r.md")]) == 2
     assert "--base nope: unknown git revision" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
+
+
+def test_make_pr_report_installs_once_until_pyproject_changes(tmp_path):
+    """`make pr-report` ran pip twice on every call; `install-report` now has a stamp like `install`'s.
+    A stand-in python records what make runs (no pip, no network)."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy2(REPO / name, tmp_path / name)
+    calls = tmp_path / "calls.log"
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (bin_dir / "python").chmod(0o755)
+    env = {**os.environ, "MAKEFLAGS": ""}
+
+    def install() -> list[str]:
+        before = calls.read_text().splitlines() if calls.exists() else []
+        done = subprocess.run(["make", "-s", "install-report"], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return [line for line in calls.read_text().splitlines()[len(before):] if "pip install" in line]
+
+    assert len(install()) == 2  # the pinned requirements, then vitpipe without its dependencies
+    assert install() == []  # the second call installs nothing
+    stamp = tmp_path / ".venv" / ".installed-report"
+    os.utime(tmp_path / "pyproject.toml", (stamp.stat().st_mtime + 10,) * 2)
+    assert len(install()) == 2  # pyproject.toml changed: installs again

@@ -1,7 +1,9 @@
 """``vitpipe report``: dvc diffs, class tables and PNG plots, from a throw-away git + DVC repository."""
 
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -108,8 +110,9 @@ def test_the_report_says_whether_the_accuracy_change_is_signal_or_noise(report):
 def test_the_report_lists_the_changed_classes_worst_classes_and_confusions(report):
     text, _ = report
     changed = text.split("## Classes whose test accuracy changed most")[1].split("##")[0]
-    assert "| MONARCH | 0.500 | 1.000 | +0.500 |" in changed
-    assert "| PAPER KITE | 1.000 | 0.750 | -0.250 |" in changed
+    assert "| class | accuracy at HEAD | accuracy here | change (points) |" in changed  # points, as above
+    assert "| MONARCH | 0.500 | 1.000 | +50.0 |" in changed
+    assert "| PAPER KITE | 1.000 | 0.750 | -25.0 |" in changed
     assert "RED ADMIRAL" not in changed  # unchanged
     worst = text.split("## Worst classes")[1].split("##")[0]
     assert worst.index("RED ADMIRAL") < worst.index("PAPER KITE") < worst.index("MONARCH")
@@ -135,6 +138,18 @@ def test_a_base_without_metrics_is_said_and_the_current_numbers_still_render(rep
     assert re.search(r"\| metrics/test.json\s*\| accuracy\s*\| -\s*\| 0\.66667", text)
     assert "| RED ADMIRAL | PAPER KITE | 3 | 75% |" in text
     assert (tmp_path / "first" / "confusion_matrix.png").is_file()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_the_report_and_its_plots_folder_get_the_users_umask(repo, tmp_path, umask):
+    """report.md was -rw------- whatever the umask (the temp file it is renamed from is made private)."""
+    old = os.umask(umask)
+    try:
+        out = write_report("main", tmp_path / "r.md", repo=repo)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "r").stat().st_mode) == 0o777 & ~umask
 
 
 def test_an_unknown_base_is_a_one_line_error(repo, tmp_path):

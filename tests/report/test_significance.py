@@ -112,6 +112,9 @@ def test_the_section_says_in_words_whether_the_change_is_signal_or_noise():
     assert "10 fixed, 1 broken; exact McNemar test p = 0.0117" in text
     assert "**Distinguishable from noise** (p = 0.0117 < 0.05; the interval excludes 0)" in text
     assert "**1 distinguishable from noise**: A." in text
+    assert ("| class | test images | accuracy at main | accuracy here | change (points) | fixed | broken | "
+            "McNemar p | adjusted p | verdict |") in text  # no blank header
+    assert "Per class (2 classes with a changed image, all 2 shown;" in text
     assert "| A | 10 | 0.200 | 1.000 | +80.0 | 8 | 0 | 0.00781 | 0.0156 | **signal** |" in text
     assert "| B | 10 | 0.500 | 0.600 | +10.0 | 2 | 1 | 1 | 1 | noise |" in text
 
@@ -123,3 +126,17 @@ def test_the_section_says_in_words_whether_the_change_is_signal_or_noise():
     text = "\n".join(markdown_section(BASE, BASE, base_name="main"))
     assert "**No change**" in text and "Per class" not in text
     assert "has no predictions to compare with" in "\n".join(markdown_section(None, HEAD, base_name="main"))
+
+
+def test_a_class_called_noise_only_after_the_adjustment_says_why_and_a_cut_table_says_so():
+    """Issue 21, item 7: 0/12 -> 8/12 (p = 0.0078 alone) among 8 changed classes was labelled "noise"
+    without a word; a 5-row table sat under "Per class (8 with a changed image...)"."""
+    base = {"C": "0" * 12, **{f"K{k}": "10" for k in range(7)}}
+    head = {"C": "1" * 8 + "0" * 4, **{f"K{k}": "01" for k in range(7)}}  # each K: 1 fixed, 1 broken
+    text = "\n".join(markdown_section(_predictions(base), _predictions(head), base_name="main", top=5))
+    assert "Per class (8 classes with a changed image, the 5 with the smallest adjusted p shown;" in text
+    assert "| C | 12 | 0.000 | 0.667 | +66.7 | 8 | 0 | 0.00781 | 0.0625 | noise after the adjustment |" in text
+    note = text.split('"Noise after the adjustment" (C)')[1]
+    assert "with 8 classes tested about 0.4 would reach p < 0.05 by chance" in note
+    assert "C's 0.00781 becomes 0.0625" in note
+    assert len([line for line in text.splitlines() if line.startswith("| K")]) == 4  # 5 rows: C and 4 of K

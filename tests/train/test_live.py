@@ -73,6 +73,10 @@ def test_a_previous_live_folder_is_rewritten(tmp_path, tiny_index):
     first = _snapshot(out / "dvclive")
     run_training(tiny_params(epochs=2), tiny_index, train_outputs(out))
     assert _snapshot(out / "dvclive") == first
+    # DVC git-ignores the TSVs it caches beside them when no .gitignore above does: DVC's own files
+    for folder in ("", "train/", "val/"):
+        (out / "dvclive" / "plots" / "metrics" / f"{folder}.gitignore").write_text("/accuracy.tsv\n")
+    run_training(tiny_params(epochs=2), tiny_index, train_outputs(out))
 
 
 def test_the_stage_script_refuses_live_dot_in_one_line(tmp_path, tiny_index):

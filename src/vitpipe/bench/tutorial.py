@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets
-from tqdm import tqdm
 
 from vitpipe.model.classifier import Classifier, build_model, set_backbone_trainable
 from vitpipe.model.transforms import (
@@ -33,6 +32,7 @@ from vitpipe.model.transforms import (
     eval_spec,
 )
 from vitpipe.params import Params
+from vitpipe.progress import batch_images, track
 from vitpipe.runtime import resolve_device, seed_everything
 from vitpipe.train.recipe import (
     build_loss,
@@ -106,7 +106,7 @@ def _run_phase(model: Classifier, loader: DataLoader, recipe: Recipe, *, train: 
     """One pass over ``loader``, as the tutorial's ``train_model``: (summed loss, correct)."""
     model.train(train)  # Classifier keeps a frozen backbone in eval mode; DeiT has no dropout there anyway
     running_loss, running_corrects = 0.0, 0
-    for inputs, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+    for inputs, labels in track(loader, desc=desc, total=len(loader.dataset), count=batch_images):
         inputs, labels = inputs.to(device), labels.to(device)  # (B, 3, H, W), (B,)
         recipe.optimizer.zero_grad()
         with torch.set_grad_enabled(train):
@@ -174,7 +174,7 @@ def evaluate_tutorial(run: TrainedLoop, *, workers: int = TUTORIAL_WORKERS) -> t
     loader = _loader(test_set, batch_size=run.params.evaluate.batch_size, workers=workers)
     run.model.eval()
     correct = total = 0
-    for data, target in tqdm(loader, desc="test", unit="batch", leave=False, disable=None):
+    for data, target in track(loader, desc="test", total=len(loader.dataset), count=batch_images):
         data, target = data.to(run.device), target.to(run.device)
         pred = run.model(data).argmax(1)  # (B,)
         correct += int((pred == target).sum())

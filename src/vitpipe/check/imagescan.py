@@ -34,6 +34,7 @@ from vitpipe.data.layout import (
 )
 from vitpipe.errors import VitpipeError
 from vitpipe.params import DataParams
+from vitpipe.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -218,11 +219,12 @@ def scan_files(root: Path, paths: Sequence[str], *, workers: int = 0,
     def scan(rel: str) -> FileScan:
         return scan_file(root, rel, path=files.get(rel), phash=phash)
 
+    desc = f"scanning {root.name}"
     if n_workers == 1 or len(paths) < _SERIAL_BELOW:
-        results = [scan(p) for p in paths]
+        results = list(track(map(scan, paths), desc=desc, total=len(paths), unit="file"))
     else:
         with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="imagescan") as pool:
-            results = list(pool.map(scan, paths))
+            results = list(track(pool.map(scan, paths), desc=desc, total=len(paths), unit="file"))
     seconds = time.perf_counter() - start
     logger.info("%s: read, hashed and decoded %d files%s in %.1f s (%.0f files/s, %d workers)", root,
                 len(paths), " (perceptual hashes too)" if phash else "", seconds, len(paths) / max(seconds, 1e-9),

@@ -11,7 +11,6 @@ import hashlib
 import http.client
 import logging
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -20,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from tqdm import tqdm
 
 from vitpipe.errors import VitpipeError
+from vitpipe.progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +128,7 @@ def _stream(url: str, dest: Path, *, timeout: float, max_bytes: Optional[int]) -
         if total is not None and max_bytes is not None and total > max_bytes:
             raise VitpipeError(f"{url}: {total:,} bytes is over the cap of {max_bytes:,} "
                                f"(data.max_extract_gb); raise it if this file is expected.")
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False,
-                   disable=not sys.stderr.isatty())
+        bar = progress_bar(desc=dest.name, total=total, unit="B")
         try:
             with bar, open(dest, "wb") as out:
                 while chunk := resp.read(_CHUNK):

@@ -22,7 +22,6 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from vitpipe.data.index import DatasetIndex
 from vitpipe.data.torchdata import ImageDataset
@@ -36,6 +35,7 @@ from vitpipe.model.features import (
 )
 from vitpipe.model.transforms import build_eval_transform
 from vitpipe.params import Params
+from vitpipe.progress import batch_images, track
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _probabilities(params: Params, index: DatasetIndex, predictor: Predictor, ca
             return predictor.head_logits(feats.to(device)).softmax(-1).cpu()
     loader = DataLoader(ImageDataset(index.root, samples, eval_tf), batch_size=params.evaluate.batch_size,
                         shuffle=False, num_workers=params.train.num_workers, pin_memory=device.type == "cuda")
-    return torch.cat([predictor.probabilities(x).cpu() for x, _ in tqdm(loader, desc="test", disable=None)])
+    return torch.cat([predictor.probabilities(x).cpu() for x, _ in track(loader, desc="test", total=len(samples), count=batch_images)])
 
 
 def score(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> tuple[dict[str, Any], list[dict]]:

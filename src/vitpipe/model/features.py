@@ -32,7 +32,6 @@ import torch
 import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from vitpipe.cachedir import cache_subdir
 from vitpipe.data.index import Sample
@@ -40,6 +39,7 @@ from vitpipe.data.torchdata import ImageDataset
 from vitpipe.errors import VitpipeError
 from vitpipe.model.featurestore import FeatureStore
 from vitpipe.model.onnx_backbone import OnnxBackbone
+from vitpipe.progress import batch_images, track
 from vitpipe.runtime import EXACT, autocast, code_digest, cpu_isa, derive_seed, device_name
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class Extractor:
         self.backbone.eval()
         start = 0
         with torch.inference_mode():
-            for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+            for images, _ in track(loader, desc=desc, total=len(dataset), count=batch_images):
                 yield start, self._forward(images)
                 start += images.shape[0]
 

@@ -54,6 +54,13 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         raise VitpipeError(f"`{cmd[0]}` is not installed or not on PATH; the report needs git and dvc.") from None
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it, then setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return _run(["git", *args], root)
 
@@ -186,6 +193,10 @@ def _gallery_section(rows: pd.DataFrame, n_wrong: int, drawn: bool, plot_dir: Pa
     return out + [md_table(["test image", "actual", "predicted", "confidence"], table), ""]
 
 
+def _accuracy(value: float) -> str:
+    return "—" if pd.isna(value) else f"{value:.3f}"
+
+
 def _overall(per_class: pd.DataFrame) -> str:
     correct = int(per_class["correct"].sum()) if "correct" in per_class else None
     total = int(per_class["support"].sum())
@@ -239,14 +250,19 @@ def _class_sections(current: pd.DataFrame, base: pd.DataFrame | None, prediction
     if base is None:
         out += [f"`{base_name}` has no per-class metrics to compare with.", ""]
     else:
-        changed = accuracy_changes(current, base, top)
-        rows = [[r["class"], r["accuracy_base"], r["accuracy_now"],
-                 "—" if pd.isna(r["change"]) else f"{r['change']:+.3f}"] for _, r in changed.iterrows()]
-        out += [md_table(["class", base_name, "workspace", "change"], rows) if rows
+        changed = accuracy_changes(current, base, len(current) + len(base))
+        rows = [[r["class"], _accuracy(r["accuracy_base"]), _accuracy(r["accuracy_now"]),
+                 "—" if pd.isna(r["change"]) else f"{100 * r['change']:+.1f}"]
+                for _, r in changed.head(top).iterrows()]
+        if len(changed) > top:
+            out += [f"The {top} of {len(changed)} classes whose accuracy changed, largest change first "
+                    f"(`--top` shows more):", ""]
+        out += [md_table(["class", f"accuracy at {base_name}", "accuracy here", "change (points)"], rows) if rows
                 else "No class's test accuracy changed.", ""]
     scored = current[current["accuracy"].notna()]  # a class with no test image has no accuracy
     worst = scored.sort_values(["accuracy", "f1", "class"], kind="stable").head(top)
-    out += ["## Worst classes", "", md_table(
+    out += ["## Worst classes", "", f"The {len(worst)} of {len(scored)} classes with the lowest test accuracy:", "",
+            md_table(
         ["class", "accuracy", "precision", "recall", "f1", "test images"],
         [[r["class"], r["accuracy"], r["precision"], r["recall"], r["f1"], int(r["support"])]
          for _, r in worst.iterrows()]), ""]
@@ -258,8 +274,12 @@ def _class_sections(current: pd.DataFrame, base: pd.DataFrame | None, prediction
     rows = [[r["actual"], r["predicted"], int(r["count"]), f"{r['share']:.0%}"]
             + ([] if base_predictions is None else [int(base_counts.get((r["actual"], r["predicted"]), 0))])
             for _, r in pairs.iterrows()]
-    out += ["## Most confused pairs", "", md_table(headers, rows) if rows else "No test image is misclassified.", ""]
-    return out
+    n_pairs = int(((predictions["actual"] != predictions["predicted"])
+                   .groupby([predictions["actual"], predictions["predicted"]]).any()).sum())
+    out += ["## Most confused pairs", ""]
+    out += [f"The {len(rows)} of {n_pairs} (actual, predicted) pairs with the most misclassified test images:", "",
+            md_table(headers, rows)] if rows else ["No test image is misclassified."]
+    return out + [""]
 
 
 def _write_plots(plot_dir: Path, current: pd.DataFrame, base: pd.DataFrame | None, predictions: pd.DataFrame,
@@ -270,7 +290,7 @@ def _write_plots(plot_dir: Path, current: pd.DataFrame, base: pd.DataFrame | Non
                            f"Pass another --out (its plots go to a folder named after it).")
     made = []
     with atomic_dir(plot_dir) as tmp:
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700
         plots.confusion_matrix(predictions, list(current["class"]), tmp / "confusion_matrix.png")
         made.append(("Confusion matrix", "confusion_matrix.png"))
         plots.per_class_accuracy(current, tmp / "per_class_accuracy.png", base=base)
@@ -332,5 +352,6 @@ def write_report(base: str, out: Path, *, top: int = 5, repo: Path | None = None
     lines += ["## Plots", ""]
     lines += [f"![{title}]({plot_dir.name}/{name})\n" for title, name in made]
     write_text(out, "\n".join(lines).rstrip() + "\n")
+    out.chmod(0o666 & ~_umask())  # as any file the user writes (the temp file it was renamed from is 0600)
     logger.info("wrote %s and %d plot(s) in %s/", out, len(made), plot_dir)
     return out

@@ -152,15 +152,34 @@ def _verdict(change: PairedChange) -> str:
             f"would be needed to tell.")
 
 
-def _class_rows(comparison: Comparison, top: int) -> list[list[object]]:
-    order = sorted(comparison.per_class, key=lambda c: (comparison.adjusted_p[c], c))
-    shown = order[: max(top, len(comparison.flagged()))]
+def _verdict_cell(p_value: float, adjusted: float) -> str:
+    if adjusted < ALPHA:
+        return "**signal**"
+    return "noise after the adjustment" if p_value < ALPHA else "noise"
+
+
+def _class_rows(comparison: Comparison, shown: list[str]) -> list[list[object]]:
     rows = []
     for name in shown:
         c, adjusted = comparison.per_class[name], comparison.adjusted_p[name]
-        rows.append([name, c.n, c.base_correct / c.n, c.head_correct / c.n, _points(c.difference), c.fixed,
-                     c.broken, f"{c.p_value:.3g}", f"{adjusted:.3g}", "**signal**" if adjusted < ALPHA else "noise"])
+        rows.append([name, c.n, f"{c.base_correct / c.n:.3f}", f"{c.head_correct / c.n:.3f}", _points(c.difference),
+                     c.fixed, c.broken, f"{c.p_value:.3g}", f"{adjusted:.3g}", _verdict_cell(c.p_value, adjusted)])
     return rows
+
+
+def _adjustment_note(comparison: Comparison) -> list[str]:
+    """Why a class with p < ALPHA on its own is called noise: the adjustment, in numbers."""
+    alone = sorted(c for c, change in comparison.per_class.items()
+                   if change.p_value < ALPHA <= comparison.adjusted_p[c])
+    if not alone:
+        return []
+    m = len(comparison.per_class)
+    first = comparison.per_class[alone[0]]
+    return [f"\"Noise after the adjustment\" ({', '.join(alone)}): p < {ALPHA} for that class alone, but with "
+            f"{m} classes tested about {m * ALPHA:.2g} would reach p < {ALPHA} by chance when nothing changed, so "
+            f"each p is adjusted for the number tested (Benjamini-Hochberg: {alone[0]}'s {first.p_value:.3g} "
+            f"becomes {comparison.adjusted_p[alone[0]]:.3g}), and only an adjusted p below {ALPHA} counts. "
+            f"Its change may well be real; these test images cannot tell it from chance.", ""]
 
 
 def markdown_section(base: pd.DataFrame | None, head: pd.DataFrame, *, base_name: str, top: int = 5,
@@ -184,10 +203,14 @@ def markdown_section(base: pd.DataFrame | None, head: pd.DataFrame, *, base_name
     if not comparison.per_class:
         return out
     flagged = comparison.flagged()
-    out += [f"Per class ({len(comparison.per_class)} with a changed image; McNemar p-values adjusted over "
-            f"them, Benjamini-Hochberg): "
+    order = sorted(comparison.per_class, key=lambda c: (comparison.adjusted_p[c], c))
+    shown = order[: max(top, len(flagged))]
+    which = (f"all {len(shown)} shown" if len(shown) == len(order)
+             else f"the {len(shown)} with the smallest adjusted p shown")
+    out += [f"Per class ({len(comparison.per_class)} classes with a changed image, {which}; McNemar p-values "
+            f"adjusted over those {len(comparison.per_class)}, Benjamini-Hochberg): "
             + (f"**{len(flagged)} distinguishable from noise**: {', '.join(flagged)}." if flagged
                else "no class's change is distinguishable from noise."), ""]
-    out += [md_table(["class", "images", base_name, "workspace", "change (points)", "fixed", "broken",
-                      "McNemar p", "adjusted p", ""], _class_rows(comparison, top)), ""]
-    return out
+    out += [md_table(["class", "test images", f"accuracy at {base_name}", "accuracy here", "change (points)",
+                      "fixed", "broken", "McNemar p", "adjusted p", "verdict"], _class_rows(comparison, shown)), ""]
+    return out + _adjustment_note(comparison)

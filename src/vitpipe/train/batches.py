@@ -33,6 +33,9 @@ class BatchSource(Protocol):
 
     def valid(self, *, batch_size: int) -> Iterator[Batch]: ...
 
+    def train_images_per_rank(self) -> int:
+        """Training images one epoch gives this process (the progress line's total)."""
+
 
 class LoaderBatches:
     """Decode and transform every image on the CPU in DataLoader workers (the tutorial's way)."""
@@ -59,6 +62,9 @@ class LoaderBatches:
             loader.sampler.set_epoch(epoch)
         return self._on_device(loader)
 
+    def train_images_per_rank(self) -> int:
+        return distributed.shard_size(len(self.train_set))
+
     def valid(self, *, batch_size: int) -> Iterator[Batch]:
         return self._on_device(self._loader(self.val_set, batch_size=batch_size, shuffle=False, seed=0,
                                             drop_last=False))
@@ -79,6 +85,9 @@ class DecodedBatches:
         order = distributed.shard(order)
         for images, labels in self.train_images.batches(order, batch_size, drop_last=drop_last, device=self.device):
             yield self.train_augment(images), labels
+
+    def train_images_per_rank(self) -> int:
+        return distributed.shard_size(len(self.train_images))
 
     def valid(self, *, batch_size: int) -> Iterator[Batch]:
         order = torch.arange(len(self.val_images))

@@ -24,13 +24,13 @@ from timm.data.random_erasing import RandomErasing
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
-from tqdm import tqdm
 
 from vitpipe.cachedir import make_cache_dir
 from vitpipe.data.index import Sample, samples_digest
 from vitpipe.data.torchdata import load_indexed
 from vitpipe.fileio import atomic_path, write_error, write_json
 from vitpipe.model.transforms import INTERPOLATION, EvalSpec
+from vitpipe.progress import batch_images, track
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class DecodedImages:
                 _reserve(tmp)
                 loader = DataLoader(_Crops(root, samples, spec), batch_size=64, num_workers=num_workers)
                 at = 0
-                for batch in tqdm(loader, desc="decoding", unit="batch", leave=False, disable=None):
+                for batch in track(loader, desc="decoding", total=len(samples), count=batch_images):
                     out[at:at + len(batch)] = batch.numpy()
                     at += len(batch)
                 out.flush()

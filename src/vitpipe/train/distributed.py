@@ -63,6 +63,11 @@ def shard(order: torch.Tensor) -> torch.Tensor:
     return padded[dist.get_rank()::world]
 
 
+def shard_size(n: int) -> int:
+    """Samples of ``n`` that :func:`shard` (and DistributedSampler) give this rank."""
+    return -(-n // dist.get_world_size()) if dist.is_initialized() else n
+
+
 def rank_parts() -> tuple[int, ...]:
     """What to mix into a seed so each rank draws its own random numbers (dropout, flips, mixup):
     ``(rank,)`` under torchrun, ``()`` in one process (so a plain run keeps its seeds)."""

@@ -13,11 +13,11 @@ from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from vitpipe.model.classifier import Classifier, set_backbone_trainable
 from vitpipe.model.features import STORAGE_DTYPE
 from vitpipe.params import TrainParams
+from vitpipe.progress import batch_images, track
 from vitpipe.runtime import autocast, compute_dtype, derive_seed, seed_everything
 from vitpipe.train import distributed
 from vitpipe.train.batches import BatchSource
@@ -190,7 +190,8 @@ class ImageEngine:
                                      batch_size=self.params.batch_size, drop_last=self.mixup is not None)
         self.module.train()
         totals = Totals()
-        for images, labels in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None):
+        for images, labels in track(batches, desc=f"epoch {epoch}", total=self.batches.train_images_per_rank(),
+                                    count=batch_images, enabled=distributed.is_main()):
             images, targets = self._layout(images), labels
             if self.mixup is not None:
                 images, targets = self.mixup(images, labels)

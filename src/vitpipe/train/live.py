@@ -2,7 +2,7 @@
 
 DVCLive writes ``<dir>/plots/metrics/{train,val}/*.tsv`` and ``lr.tsv`` (one row per epoch, ``step``
 is the epoch) and ``<dir>/metrics.json`` (the last epoch's values). vitpipe's ``dvc.yaml`` declares
-the folder as an output and its TSVs as plots, so DVCLive writes no ``dvc.yaml`` of its own
+each of these files as an output and draws the TSVs in its top-level plots, so DVCLive writes no ``dvc.yaml`` of its own
 (``dvcyaml=False``), saves no experiment (``save_dvc_exp=False``: ``dvc exp run`` does that) and
 logs no timestamps (equal runs, equal bytes).
 
@@ -49,6 +49,12 @@ _OWN_HANDLERS = ("dvclive", "dvc_studio_client")  # loggers that add a console h
 _OWN_TOP = {"metrics.json", "plots", ".gitignore"}
 
 
+def _empty_folder(path: Path) -> bool:
+    """A folder (not a link) holding no file or link at any depth: nothing to lose when DVCLive clears it."""
+    return path.is_dir() and not path.is_symlink() and all(
+        p.is_dir() and not p.is_symlink() for p in path.rglob("*"))
+
+
 def check_live_folder(folder: Path) -> None:
     """Refuses, in one line, a DVCLive folder that is a link, not a folder, or holds files vitpipe's
     DVCLive did not write: DVCLive deletes files there (params.yaml, dvc.yaml, plots/...) when it opens.
@@ -70,12 +76,15 @@ def check_live_folder(folder: Path) -> None:
         foreign.append("plots")
     elif plots.is_dir():
         foreign += [f"plots/{p.name}" for p in plots.iterdir()
-                    if p.name != "metrics" or not p.is_dir() or p.is_symlink()]
+                    if (p.name != "metrics" or not p.is_dir() or p.is_symlink()) and not _empty_folder(p)]
         if (plots / "metrics").is_dir():
             own = {f"{name}.tsv" for name in LIVE_NAMES.values()}
             own |= {str(Path(name).parent) for name in own} - {"."}
+            # DVC's: it git-ignores each TSV it caches in a .gitignore beside it, unless one above does
+            own |= {(Path(name).parent / ".gitignore").as_posix() for name in own}
             foreign += [str(p.relative_to(folder)) for p in (plots / "metrics").rglob("*")
-                        if p.is_symlink() or p.relative_to(plots / "metrics").as_posix() not in own]
+                        if p.is_symlink() or (p.relative_to(plots / "metrics").as_posix() not in own
+                                              and not _empty_folder(p))]
     if foreign:
         raise VitpipeError(f"--live {folder}: holds files vitpipe did not write ({', '.join(sorted(foreign)[:3])}), "
                            f"which DVCLive would delete when it opens the folder: {fix}.")
