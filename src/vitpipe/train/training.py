@@ -38,6 +38,7 @@ from vitpipe.model.features import (
     view_seed,
 )
 from vitpipe.model.model_file import card_for, save_model
+from vitpipe.model.packaged import random_init_warning
 from vitpipe.model.transforms import (
     build_eval_transform,
     build_train_transform,
@@ -158,6 +159,8 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     configure(device, t.precision)
     seed_everything(t.seed)
     model, info = build_model(params.model, len(index.classes), seed=t.seed)
+    if info.weights_source == "random-init" and not t.backbone_trains(0) and distributed.is_main():
+        logger.warning("%s", random_init_warning(params.model.name))
     spec = eval_spec(t.augment, info)
     train_tf, eval_tf = build_train_transform(t.augment, spec, info), build_eval_transform(spec)
     mixup = build_mixup(t, len(index.classes))  # params refuse mixup where the head trains on features
@@ -285,6 +288,7 @@ def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Eng
         "stopped_early": progress.stopped_early,
         "train_images": len(index.samples("train")),
         "val_images": len(index.samples("valid")),
+        "weights": info.weights_source,  # random-init | package:NAME | file:NAME | timm:NAME: a `dvc exp show` column
     }
     return headline, {
         "epochs": t.epochs,
@@ -295,6 +299,7 @@ def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Eng
         "feature_runtime": t.feature_runtime,
         "model": params.model.name,
         "weights": info.weights_source,
+        **({"weights_origin": info.weights_origin} if info.weights_origin else {}),
         "pretrained": params.model.pretrained,
         "trainable_params": trainable,
         "total_params": total,
