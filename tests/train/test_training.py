@@ -204,7 +204,7 @@ def test_feature_cache_training_writes_model_metrics_and_history(tmp_path, tiny_
     provenance = card.provenance  # what made the model, in its own metadata: not a DVC metric
     assert saved.keys() | provenance.keys() | {"train_seconds"} == metrics.keys()  # the time is logged, not written
     assert saved.keys() == {"best_val_accuracy", "best_epoch", "epochs_run", "stopped_early", "train_images",
-                            "val_images", "host"}  # headline numbers only: DVC metrics
+                            "val_images", "host", "weights"}  # headline numbers, where and which weights: DVC metrics
     assert saved["best_val_accuracy"] == pytest.approx(metrics["best_val_accuracy"], abs=1e-6)
     assert provenance["params_hash"] == tiny_params().training_hash() and provenance["engine"] == "feature-cache"
     rows = history(tmp_path)

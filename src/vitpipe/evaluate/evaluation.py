@@ -141,8 +141,9 @@ def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, output
         write_json(outputs.per_class_json, rows)
     write_csv(outputs.per_class, rows, columns=PER_CLASS_COLUMNS)
     write_csv(outputs.predictions, _prediction_rows(samples, probs, index.classes), columns=PREDICTION_COLUMNS)
-    logger.info("test accuracy %.4f (%d/%d images), top-%d %.4f, macro F1 %.4f", metrics["accuracy"],
-                metrics["correct"], metrics["n_images"], TOP_K, metrics[f"top{TOP_K}_accuracy"], metrics["macro_f1"])
+    logger.info("test accuracy %.4f (%d/%d images), top-%d %.4f, macro F1 %.4f; %s, backbone weights %s",
+                metrics["accuracy"], metrics["correct"], metrics["n_images"], TOP_K, metrics[f"top{TOP_K}_accuracy"],
+                metrics["macro_f1"], card.model.name, card.weights_source)
     return metrics
 
 

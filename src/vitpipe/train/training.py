@@ -39,6 +39,7 @@ from vitpipe.model.features import (
     view_seed,
 )
 from vitpipe.model.model_file import card_for, save_model
+from vitpipe.model.packaged import random_init_warning
 from vitpipe.model.transforms import (
     build_eval_transform,
     build_train_transform,
@@ -159,6 +160,8 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     configure(device, t.precision)
     seed_everything(t.seed)
     model, info = build_model(params.model, len(index.classes), seed=t.seed, exact_init=t.precision == EXACT)
+    if info.weights_source == "random-init" and not t.backbone_trains(0) and distributed.is_main():
+        logger.warning("%s", random_init_warning(params.model.name))
     spec = eval_spec(t.augment, info)
     train_tf, eval_tf = build_train_transform(t.augment, spec, info), build_eval_transform(spec)
     mixup = build_mixup(t, len(index.classes))  # params refuse mixup where the head trains on features
@@ -294,6 +297,7 @@ def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Eng
         # Where the numbers were computed, as far as it decides their bytes ("x86_64 exact" on any x86-64
         # CPU with precision exact): the PR report compares it between base and head.
         "host": host_class(device, t.precision),
+        "weights": info.weights_source,  # random-init | package:NAME | file:NAME | timm:NAME: a `dvc exp show` column
     }
     return headline, {
         "epochs": t.epochs,
@@ -304,6 +308,7 @@ def _metrics(params: Params, index: DatasetIndex, model: Classifier, engine: Eng
         "feature_runtime": t.feature_runtime,
         "model": params.model.name,
         "weights": info.weights_source,
+        **({"weights_origin": info.weights_origin} if info.weights_origin else {}),
         "pretrained": params.model.pretrained,
         "trainable_params": trainable,
         "total_params": total,
