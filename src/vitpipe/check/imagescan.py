@@ -11,11 +11,15 @@ search, :mod:`vitpipe.check.neardup`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
-import os
+import multiprocessing
+import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -33,7 +37,7 @@ from vitpipe.data.layout import (
     split_dirs,
 )
 from vitpipe.errors import VitpipeError
-from vitpipe.params import DataParams
+from vitpipe.params import DataParams, usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -192,39 +196,52 @@ def scan_file(root: Path, rel: str, *, path: Optional[Path] = None, phash: bool 
 
 def resolve_workers(workers: int) -> int:
     """``data.workers``, with 0 meaning every CPU this process may use."""
-    if workers > 0:
-        return workers
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return workers if workers > 0 else usable_cores()
+
+
+def _scan(root: Path, rel: str, path: Optional[Path], phash: bool) -> FileScan:
+    return scan_file(root, rel, path=path, phash=phash)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork where it is safe and fastest (Linux, a single-threaded process that has not imported torch: the
+    split-check stage); otherwise forkserver (or spawn), whose workers import this module afresh."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and "torch" not in sys.modules and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def scan_files(root: Path, paths: Sequence[str], *, workers: int = 0,
                files: Optional[Mapping[str, Path]] = None, phash: bool = False) -> list[FileScan]:
-    """Scans ``paths`` (relative to ``root``, or found in ``files``) with ``workers`` threads; results in
-    the order of ``paths``. With ``phash``, each decoded image also gets its perceptual hash.
+    """Scans ``paths`` (relative to ``root``, or found in ``files``) in ``workers`` processes; results in
+    the order of ``paths``, the same whatever the number of processes. With ``phash``, each decoded
+    image also gets its perceptual hash.
 
-    Threads, not processes: Pillow's decoders and hashlib release the GIL. Measured on 2 shared
-    cores (files/s, serial / 2 threads / 2 processes): 224 px butterfly JPEGs ~3,100 / ~4,700 /
-    ~5,200; 1600x1200 JPEGs ~97 / ~450 / ~176. Threads also start at once and never fork a
-    process that has imported torch.
+    Processes, not threads: decoding releases the GIL, but converting, hashing and the perceptual hash
+    hold it, so threads scaled 1.3-1.5x on 2 cores where processes scale with the cores (BENCHMARKS.md).
+
+    Raises:
+        VitpipeError: a worker process died (e.g. killed for memory).
     """
     root = Path(root)
     n_workers = min(resolve_workers(workers), max(1, len(paths)))
     start = time.perf_counter()
     files = files or {}
-
-    def scan(rel: str) -> FileScan:
-        return scan_file(root, rel, path=files.get(rel), phash=phash)
-
+    located = [files.get(p) for p in paths]
     if n_workers == 1 or len(paths) < _SERIAL_BELOW:
-        results = [scan(p) for p in paths]
+        results = [_scan(root, p, f, phash) for p, f in zip(paths, located)]
     else:
-        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="imagescan") as pool:
-            results = list(pool.map(scan, paths))
+        chunk = max(1, min(64, len(paths) // (n_workers * 8)))  # few round trips, balanced to the end
+        try:
+            with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
+                results = list(pool.map(_scan, itertools.repeat(root), paths, located, itertools.repeat(phash),
+                                        chunksize=chunk))
+        except BrokenProcessPool:
+            raise VitpipeError(f"{root}: an image-check worker process died (killed for memory?); set "
+                               f"data.workers to fewer processes (1: all in this one).") from None
     seconds = time.perf_counter() - start
-    logger.info("%s: read, hashed and decoded %d files%s in %.1f s (%.0f files/s, %d workers)", root,
+    logger.info("%s: read, hashed and decoded %d files%s in %.1f s (%.0f files/s, %d processes)", root,
                 len(paths), " (perceptual hashes too)" if phash else "", seconds, len(paths) / max(seconds, 1e-9),
                 n_workers)
     return results
