@@ -29,9 +29,11 @@ from vitpipe.data.torchdata import ImageDataset
 from vitpipe.errors import VitpipeError
 from vitpipe.evaluate.inference import Predictor, load_predictor
 from vitpipe.fileio import write_csv, write_json
+from vitpipe.model.devicetransform import collate_host, split_transform
 from vitpipe.model.features import (
     Extractor,
     FeatureCache,
+    loader_workers,
 )
 from vitpipe.model.transforms import build_eval_transform
 from vitpipe.params import Params
@@ -59,17 +61,23 @@ def _probabilities(params: Params, index: DatasetIndex, predictor: Predictor, ca
     samples = index.samples("test")
     card, device = predictor.card, predictor.device
     eval_tf = build_eval_transform(card.eval_transform)
+    workers = params.train.loader_workers
     if card.feature_dtype and not predictor.tta:
         backbone = predictor.model.backbone
-        extractor = Extractor.for_backbone(backbone, device, card.precision, num_workers=params.train.num_workers,
+        extractor = Extractor.for_backbone(backbone, device, card.precision, num_workers=workers,
                                            runtime=card.feature_runtime)
         feats = cache.features(extractor, index.root, samples, transform=eval_tf, view_seed=None,
                                desc="test view 0")
         with torch.inference_mode():
             return predictor.head_logits(feats.to(device)).softmax(-1).cpu()
-    loader = DataLoader(ImageDataset(index.root, samples, eval_tf), batch_size=params.evaluate.batch_size,
-                        shuffle=False, num_workers=params.train.num_workers, pin_memory=device.type == "cuda")
-    return torch.cat([predictor.probabilities(x).cpu() for x, _ in tqdm(loader, desc="test", disable=None)])
+    split = split_transform(eval_tf)  # uint8 from the workers, normalised on the device
+    batch_size = params.evaluate.batch_size
+    loader = DataLoader(ImageDataset(index.root, samples, split.host), batch_size=batch_size, shuffle=False,
+                        num_workers=loader_workers(workers, len(samples), batch_size),
+                        pin_memory=device.type == "cuda", collate_fn=collate_host)
+    probs = [predictor.probabilities(split.tail(pixels.to(device, non_blocking=True)))
+             for pixels, _, _ in tqdm(loader, desc="test", disable=None)]
+    return torch.cat(probs).cpu()  # one copy back at the end: no wait on the device per batch
 
 
 def score(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> tuple[dict[str, Any], list[dict]]:
