@@ -13,9 +13,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import multiprocessing
-import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +24,7 @@ from typing import Optional
 from vitpipe.check.neardup import perceptual_hash
 from vitpipe.data.images import BadImageError, decode_rgb, is_image_file
 from vitpipe.data.index import SPLITS
+from vitpipe.data.pools import pool_context
 from vitpipe.data.layout import (
     NoSplitRootError,
     SplitRoot,
@@ -203,15 +201,6 @@ def _scan(root: Path, rel: str, path: Optional[Path], phash: bool) -> FileScan:
     return scan_file(root, rel, path=path, phash=phash)
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """fork where it is safe and fastest (Linux, a single-threaded process that has not imported torch: the
-    split-check stage); otherwise forkserver (or spawn), whose workers import this module afresh."""
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and "torch" not in sys.modules and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
 def scan_files(root: Path, paths: Sequence[str], *, workers: int = 0,
                files: Optional[Mapping[str, Path]] = None, phash: bool = False) -> list[FileScan]:
     """Scans ``paths`` (relative to ``root``, or found in ``files``) in ``workers`` processes; results in
@@ -234,7 +223,7 @@ def scan_files(root: Path, paths: Sequence[str], *, workers: int = 0,
     else:
         chunk = max(1, min(64, len(paths) // (n_workers * 8)))  # few round trips, balanced to the end
         try:
-            with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
+            with ProcessPoolExecutor(max_workers=n_workers, mp_context=pool_context()) as pool:
                 results = list(pool.map(_scan, itertools.repeat(root), paths, located, itertools.repeat(phash),
                                         chunksize=chunk))
         except BrokenProcessPool:

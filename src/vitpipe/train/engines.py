@@ -218,15 +218,15 @@ class ImageEngine:
         if trains != self._wrapped_for:
             self.wrapped = distributed.wrap(self.module, self.device)
             # Compiled for the full batch's shape alone (dynamic=False): an epoch's short last batch runs
-            # eagerly (see _forward_for), so no shape ever compiles a second graph.
+            # eagerly (see forward_for), so no shape ever compiles a second graph.
             self.forward_module = torch.compile(self.wrapped, dynamic=False) if self.params.compile else self.wrapped
             self._wrapped_for = trains
 
-    def _forward_for(self, images: torch.Tensor) -> nn.Module:
+    def forward_for(self, images: torch.Tensor) -> nn.Module:
         """The compiled module for a full batch, the eager one for an epoch's short last batch."""
         return self.forward_module if images.shape[0] == self.params.batch_size else self.wrapped
 
-    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+    def layout(self, images: torch.Tensor) -> torch.Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, ema: nn.Module | None) -> tuple[float, float]:
@@ -239,11 +239,11 @@ class ImageEngine:
         self.module.train()
         totals = Totals()
         for images, labels in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None):
-            images, targets = self._layout(images), labels
+            images, targets = self.layout(images), labels
             if self.mixup is not None:
                 images, targets = self.mixup(images, labels)
             with autocast(self.device, self.params.precision):
-                logits = self._forward_for(images)(images)
+                logits = self.forward_for(images)(images)
                 loss = self.loss_fn(logits.float(), targets)
             _step(loss, self.module, optimizer, grad_clip=self.params.grad_clip, ema=ema)
             totals.add(loss, logits, labels)
@@ -255,6 +255,6 @@ class ImageEngine:
         totals = ValTotals()  # every rank scores the whole valid split
         for images, labels in self.batches.valid(batch_size=self.params.val_batch_size):
             with autocast(self.device, self.params.precision):
-                logits = module(self._layout(images)).float()
+                logits = module(self.layout(images)).float()
             totals.add(logits, labels, self.val_loss_fn)
         return totals.result()

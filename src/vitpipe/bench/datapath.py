@@ -1,0 +1,125 @@
+"""``vitpipe bench --suite host``'s data-path rows: what decoding and moving images costs, per core.
+
+The frozen feature pass itself (:class:`vitpipe.model.features.Extractor`, from an empty cache) on the train
+images with timm's ``test_vit`` at 224 px (the recipe's Resize(256)/CenterCrop(224)), a backbone that costs
+next to nothing, so what is timed is the data path: read, decode, resize and crop in the DataLoader workers,
+collate, move, scale and normalise, and the cache's writes (one SQLite transaction per batch). Once as it runs now
+(uint8 pixels from the workers, normalised where the model runs) and once with the whole transform in the
+workers (float32, as before), with 1 and 2 workers each. Then split-check's file scan (read, SHA-256, full
+decode, perceptual hash) with 1 and 2 processes. The rows say the host's load average (other processes
+slow both sides alike within a run, not across runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitpipe.check.imagescan import list_tree, scan_files
+from vitpipe.data.index import DatasetIndex
+from vitpipe.model.classifier import build_model
+from vitpipe.model.features import Extractor, FeatureCache
+from vitpipe.model.transforms import build_eval_transform, eval_spec
+from vitpipe.params import Params
+
+logger = logging.getLogger(__name__)
+
+
+class WholeOnHost:
+    """A transform run whole in the workers (floats out), as the feature pass ran before: it does not split."""
+
+    def __init__(self, transform: Callable[[Any], torch.Tensor]):
+        self.transform = transform
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"WholeOnHost({self.transform!r})"
+
+
+@dataclass(frozen=True)
+class PathRate:
+    """One data-path measurement."""
+
+    path: str  # "uint8, normalised on the device" | "float32 from the workers"
+    workers: int
+    images: int
+    seconds: float
+    bytes_per_image: int  # what each image's tensor weighs between a worker and the model
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
+
+
+def measure_data_path(index: DatasetIndex, params: Params, *, work: Path, workers: Sequence[int] = (1, 2),
+                      device: torch.device = torch.device("cpu")) -> list[PathRate]:
+    """The feature pass on ``index``'s train images with ``params``' model (see :func:`tiny_backbone_params`),
+    per path and worker count, each from an empty cache."""
+    model, info = build_model(params.model, len(index.classes), seed=0)
+    backbone = model.backbone.to(device)
+    spec = eval_spec(params.train.augment, info)
+    eval_tf = build_eval_transform(spec)
+    samples = index.samples("train")
+    pixels = 3 * spec.crop * spec.crop
+    rows = []
+    for n in workers:
+        for path, transform, size in (("uint8, normalised where the model runs", eval_tf, pixels),
+                                      ("float32 from the workers (before)", WholeOnHost(eval_tf), 4 * pixels)):
+            extractor = Extractor.for_backbone(backbone, device, params.train.precision, num_workers=n)
+            cache = FeatureCache(work / f"features-{n}-{size}")
+            start = time.perf_counter()
+            cache.features(extractor, index.root, samples, transform=transform, view_seed=None, desc="data path")
+            rows.append(PathRate(path, n, len(samples), time.perf_counter() - start, size))
+            logger.info("bench data path: %s, %d workers: %.0f images/s", path, n, rows[-1].rate)
+    return rows
+
+
+@dataclass(frozen=True)
+class ScanRate:
+    """split-check's file scan with ``processes``."""
+
+    processes: int
+    files: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.files / self.seconds
+
+
+def measure_scan(root: Path, *, processes: Sequence[int] = (1, 2), repeats: int = 3) -> list[ScanRate]:
+    """split-check's scan of every image under ``root`` (with perceptual hashes), best of ``repeats`` each,
+    the process counts taking turns within each repeat."""
+    tree = list_tree(Path(root))
+    paths = [p for split in tree.splits.values() for images in split.values() for p in images]
+    best: dict[int, float] = {}
+    for _ in range(repeats):
+        for n in processes:
+            start = time.perf_counter()
+            scan_files(Path(root), paths, workers=n, files=tree.files, phash=True)
+            best[n] = min(best.get(n, float("inf")), time.perf_counter() - start)
+    return [ScanRate(n, len(paths), best[n]) for n in processes]
+
+
+def load_average() -> str:
+    """The host's 1-minute load average, or '-' where the OS has none."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except (AttributeError, OSError):
+        return "-"
+
+
+def tiny_backbone_params(params: Params, *, img_size: int = 224) -> Params:
+    """``params`` with timm's ``test_vit`` at ``img_size`` (the recipe's 256/224 resize and crop)."""
+    return dataclasses.replace(params, model=dataclasses.replace(params.model, name="test_vit", img_size=img_size,
+                                                                 pretrained=False, weights=None))
