@@ -16,15 +16,16 @@ import pytest
 import torch
 from conftest import REPO, tiny_params, train_outputs
 
+from vitpipe.data.torchdata import ImageDataset
 from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
 from vitpipe.model.classifier import build_model
 from vitpipe.model.features import Extractor, FeatureCache
 from vitpipe.model.model_file import load_model
-from vitpipe.model.transforms import build_eval_transform, eval_spec
+from vitpipe.model.transforms import build_eval_transform, build_train_transform, eval_spec
 from vitpipe.params import ModelParams
 from vitpipe.runtime import seed_everything
 from vitpipe.train import training
-from vitpipe.train.batches import DecodedBatches
+from vitpipe.train.batches import DecodedBatches, LoaderBatches
 from vitpipe.train.decoded import DecodedImages, DeviceAugment
 
 pytestmark = pytest.mark.gpu
@@ -59,6 +60,32 @@ def test_device_augmentation_on_cuda_is_seeded(tmp_path, tiny_index):
         runs.append(DeviceAugment(spec, train=True, device=CUDA)(images))
     assert runs[0].device.type == "cuda" and runs[0].dtype == torch.float32 and torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], DeviceAugment(spec, train=False, device=CUDA)(images))
+
+
+def test_the_loader_path_on_cuda_gives_the_cpus_floats_without_waiting_for_the_device(tiny_index):
+    """The tutorial's loop on CUDA: uint8 from the workers, ToTensor/Normalize/RandomErasing on the GPU; the
+    erasing values come pinned with the batch, the mean and std move once: no copy that waits per batch."""
+    _, info = build_model(ModelParams(name="test_vit", img_size=32), 3, seed=0)
+    spec = eval_spec("seed", info)
+    sets = [ImageDataset(tiny_index.root, tiny_index.samples(split), tf)
+            for split, tf in (("train", build_train_transform("seed", spec, info)), ("valid", build_eval_transform(spec)))]
+    batches = {device: LoaderBatches(*sets, device=device, num_workers=2) for device in (CPU, CUDA)}
+
+    def epoch(device):
+        return list(batches[device].train(0, shuffle_seed=1, augment_seed=2, batch_size=8, drop_last=False)) + \
+            list(batches[device].valid(batch_size=8))
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            on_gpu = epoch(CUDA)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert sum(SYNC in str(w.message) for w in caught) <= 4  # the mean and std, once per split's tail
+    for (gpu, gpu_labels), (cpu, cpu_labels) in zip(on_gpu, epoch(CPU), strict=True):
+        assert torch.equal(gpu_labels.cpu(), cpu_labels)
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-6)  # 1/255 as a reciprocal on CUDA
 
 
 def test_a_fine_tune_on_cuda_runs_decoded_bf16_channels_last_fused_without_a_sync_per_step(tmp_path, tiny_index,

@@ -44,8 +44,10 @@ phase env 40 'nvidia-smi; nproc; python -c "import sys,torch,torchvision,timm,PI
 phase bench 240 "python -m vitpipe.cli bench --suite gpu --epochs $EP $BENCH --out $O/BENCHMARKS.md"
 
 phase draw 60 "python tools/gpu/draw.py /tmp/d5k --classes $C --train $TR --size $SZ && python tools/gpu/draw.py /tmp/d13k --classes $C --train $BIG --size $SZ"
-phase exp5k 80 "rm -rf /tmp/vpcache-5k; time VITPIPE_CACHE_DIR=/tmp/vpcache-5k dvc exp run -S data.source=/tmp/d5k -S data.watch=/tmp/d5k; git checkout -q ."
-phase exp13k 90 "rm -rf /tmp/vpcache-13k; time VITPIPE_CACHE_DIR=/tmp/vpcache-13k dvc exp run -S data.source=/tmp/d13k -S data.watch=/tmp/d13k; git checkout -q ."
+# each from a clean workspace and an empty cache folder (a phase cut by its limit leaves the workspace as it was)
+phase exp5k 90 "git checkout -q .; rm -rf /tmp/vpcache-5k; time VITPIPE_CACHE_DIR=/tmp/vpcache-5k dvc exp run -S data.source=/tmp/d5k -S data.watch=/tmp/d5k"
+phase exp13k 90 "git checkout -q .; rm -rf /tmp/vpcache-13k; time VITPIPE_CACHE_DIR=/tmp/vpcache-13k dvc exp run -S data.source=/tmp/d13k -S data.watch=/tmp/d13k"
+git checkout -q .
 
 phase tests 200 "python -m pytest -q -rfE -m 'not slow' -p no:cacheprovider $TESTS --timeout 120 --junitxml=$O/junit.xml"
 note DONE; tar -czf "$O/logs.tgz" -C $L . 2>/dev/null

@@ -16,6 +16,7 @@ A transform of any other shape (timm's own RandomErasing, steps on tensors) is n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,20 +76,59 @@ def _draw_erase(erasing: T.RandomErasing, shape: torch.Size) -> Erase | None:
     return Erase(i, j, h, w, v)
 
 
+@dataclass(frozen=True)
+class Erasures:
+    """A batch's erasings: per erased image ``(b, i, j, h, w)`` and its value's shape, the values flat in one
+    tensor, so the DataLoader pins them together and they move to the device in one copy."""
+
+    boxes: tuple[tuple[int, int, int, int, int], ...]
+    shapes: tuple[tuple[int, ...], ...]
+    values: torch.Tensor  # (sum of the values' sizes,) float32
+
+    @classmethod
+    def of(cls, erases: Sequence[Erase | None]) -> Erasures:
+        done = [(b, e) for b, e in enumerate(erases) if e is not None]
+        values = torch.cat([e.value.reshape(-1) for _, e in done]) if done else torch.empty(0)
+        return cls(tuple((b, e.i, e.j, e.h, e.w) for b, e in done), tuple(tuple(e.value.shape) for _, e in done),
+                   values)
+
+    def pin_memory(self) -> Erasures:
+        """The DataLoader's pin thread calls this: the values in pinned memory."""
+        return Erasures(self.boxes, self.shapes, self.values.pin_memory())
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
 class DeviceTail:
-    """uint8 (B, 3, H, W) on the device -> normalised float32 (B, 3, H, W), each image's erasing applied."""
+    """uint8 (B, 3, H, W) on the device -> normalised float32 (B, 3, H, W), each image's erasing applied.
+
+    Nothing in it waits for the device: the mean and std are moved once per device, the erasing values in
+    one copy (from pinned memory where the loader pins).
+    """
 
     def __init__(self, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor):
         # as torchvision's normalize converts them: float32, shaped to broadcast over channels
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, pixels: torch.Tensor, erases: Sequence[Erase | None] = ()) -> torch.Tensor:
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on:
+            self._on[device] = (self.mean.to(device), self.std.to(device))
+        return self._on[device]
+
+    def __call__(self, pixels: torch.Tensor, erasures: Erasures | None = None) -> torch.Tensor:
+        mean, std = self._stats(pixels.device)
         x = pixels.to(torch.float32).div(255)  # ToTensor
-        x.sub_(self.mean.to(x.device, non_blocking=True)).div_(self.std.to(x.device, non_blocking=True))  # Normalize
-        for b, erase in enumerate(erases):
-            if erase is not None:  # RandomErasing (F.erase)
-                x[b, :, erase.i:erase.i + erase.h, erase.j:erase.j + erase.w] = erase.value.to(x.device)
+        x.sub_(mean).div_(std)  # Normalize
+        if erasures:  # RandomErasing (F.erase), each image's region and values as drawn on the host
+            values = erasures.values.to(x.device, non_blocking=True)
+            at = 0
+            for (b, i, j, h, w), shape in zip(erasures.boxes, erasures.shapes):
+                size = math.prod(shape)
+                x[b, :, i:i + h, j:j + w] = values[at:at + size].view(shape)
+                at += size
         return x
 
 
@@ -113,8 +153,8 @@ def split_transform(transform: Callable[[Any], torch.Tensor]) -> SplitTransform 
 
 
 def collate_host(batch: Sequence[tuple[tuple[torch.Tensor, Erase | None], int]]
-                 ) -> tuple[torch.Tensor, torch.Tensor, list[Erase | None]]:
+                 ) -> tuple[torch.Tensor, torch.Tensor, Erasures]:
     """DataLoader ``collate_fn`` for a dataset of :class:`HostTransform` outputs: (B, 3, H, W) uint8,
-    (B,) labels and the B erasings."""
+    (B,) labels and the batch's :class:`Erasures`."""
     pixels, labels = default_collate([(item[0][0], item[1]) for item in batch])  # shared memory in a worker
-    return pixels, labels, [item[0][1] for item in batch]
+    return pixels, labels, Erasures.of([item[0][1] for item in batch])
