@@ -59,3 +59,10 @@ def test_a_failing_stage_is_one_line_naming_its_script_and_why(tmp_path):
     with pytest.raises(VitpipeError, match=r"stages/train.py failed in .*no_such_model_anywhere") as err:
         measure_startup(Params(model=ModelParams(name="no_such_model_anywhere")), tmp_path, rounds=1)
     assert "\n" not in str(err.value)
+
+
+def test_the_hosts_two_process_ceiling_is_measured_beside_the_scan():
+    from vitpipe.bench.datapath import host_scaling
+
+    scaling = host_scaling(n=10**6, repeats=1)
+    assert scaling.one > 0 and scaling.two > 0 and scaling.speedup == 2 * scaling.one / scaling.two

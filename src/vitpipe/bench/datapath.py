@@ -1,9 +1,11 @@
 """``vitpipe bench --suite host``'s data-path rows: what decoding and moving images costs, per core.
 
 The frozen feature pass itself (:class:`vitpipe.model.features.Extractor`, from an empty cache) on the train
-images with timm's ``test_vit`` at 224 px (the recipe's Resize(256)/CenterCrop(224)), a backbone that costs
-next to nothing, so what is timed is the data path: read, decode, resize and crop in the DataLoader workers,
-collate, move, scale and normalise, and the cache's writes (one SQLite transaction per batch). Once as it runs now
+images with the recipe's transform for timm's ``test_vit`` at 224 px (Resize(256), CenterCrop(224)) and a
+backbone that costs nothing (a pixel per channel: even test_vit took 0.3-2 s per batch of 32 at 224 px on the
+loaded 2-core host, and would be what is timed), so what is timed is the data path: read, decode, resize and
+crop in the DataLoader workers, collate, move, scale and normalise, and the cache's writes (one SQLite
+transaction per batch of 32). Once as it runs now
 (uint8 pixels from the workers, normalised where the model runs) and once with the whole transform in the
 workers (float32, as before), with 1 and 2 workers each. Then split-check's file scan (read, SHA-256, full
 decode, perceptual hash) with 1 and 2 processes. The rows say the host's load average (other processes
@@ -22,15 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vitpipe.check.imagescan import list_tree, scan_files
 from vitpipe.data.index import DatasetIndex
+from vitpipe.data.pools import pool_context
 from vitpipe.model.classifier import build_model
 from vitpipe.model.features import Extractor, FeatureCache
 from vitpipe.model.transforms import build_eval_transform, eval_spec
 from vitpipe.params import Params
 
 logger = logging.getLogger(__name__)
+
+
+class NoBackbone(nn.Module):
+    """A backbone that costs nothing: (B, 3, H, W) -> (B, 3), one pixel per channel."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, :, 0, 0]
 
 
 class WholeOnHost:
@@ -63,10 +74,9 @@ class PathRate:
 
 def measure_data_path(index: DatasetIndex, params: Params, *, work: Path, workers: Sequence[int] = (1, 2),
                       device: torch.device = torch.device("cpu")) -> list[PathRate]:
-    """The feature pass on ``index``'s train images with ``params``' model (see :func:`tiny_backbone_params`),
-    per path and worker count, each from an empty cache."""
-    model, info = build_model(params.model, len(index.classes), seed=0)
-    backbone = model.backbone.to(device)
+    """The feature pass on ``index``'s train images with the transform of ``params``' model (see
+    :func:`tiny_backbone_params`) and :class:`NoBackbone`, per path and worker count, each from an empty cache."""
+    _, info = build_model(params.model, len(index.classes), seed=0)
     spec = eval_spec(params.train.augment, info)
     eval_tf = build_eval_transform(spec)
     samples = index.samples("train")
@@ -75,7 +85,7 @@ def measure_data_path(index: DatasetIndex, params: Params, *, work: Path, worker
     for n in workers:
         for path, transform, size in (("uint8, normalised where the model runs", eval_tf, pixels),
                                       ("float32 from the workers (before)", WholeOnHost(eval_tf), 4 * pixels)):
-            extractor = Extractor.for_backbone(backbone, device, params.train.precision, num_workers=n)
+            extractor = Extractor.for_backbone(NoBackbone(), device, params.train.precision, num_workers=n)
             cache = FeatureCache(work / f"features-{n}-{size}")
             start = time.perf_counter()
             cache.features(extractor, index.root, samples, transform=transform, view_seed=None, desc="data path")
@@ -109,6 +119,38 @@ def measure_scan(root: Path, *, processes: Sequence[int] = (1, 2), repeats: int 
             scan_files(Path(root), paths, workers=n, files=tree.files, phash=True)
             best[n] = min(best.get(n, float("inf")), time.perf_counter() - start)
     return [ScanRate(n, len(paths), best[n]) for n in processes]
+
+
+def _spin(n: int) -> int:
+    return sum(range(n))
+
+
+@dataclass(frozen=True)
+class HostScaling:
+    """A pure-Python loop: seconds alone, and seconds for two copies at once in 2 processes."""
+
+    one: float
+    two: float
+
+    @property
+    def speedup(self) -> float:
+        """What 2 processes can gain on this host now: 2.0 on 2 idle cores, less as others use them."""
+        return 2 * self.one / self.two
+
+
+def host_scaling(*, n: int = 2 * 10**7, repeats: int = 3) -> HostScaling:
+    """The host's ceiling for 2 processes, measured beside the scan (best of ``repeats`` each)."""
+    one = two = float("inf")
+    with pool_context().Pool(2) as pool:
+        pool.map(_spin, [1, 1])  # both workers started
+        for _ in range(repeats):
+            start = time.perf_counter()
+            pool.apply(_spin, (n,))
+            one = min(one, time.perf_counter() - start)
+            start = time.perf_counter()
+            pool.map(_spin, [n, n], chunksize=1)
+            two = min(two, time.perf_counter() - start)
+    return HostScaling(one, two)
 
 
 def load_average() -> str:

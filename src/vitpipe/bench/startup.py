@@ -2,9 +2,11 @@
 
 Each stage script runs as its own process (as ``dvc repro`` runs it) on a synthetic set of 2 classes
 and a handful of images, with the params' model and device and an empty cache folder, so its wall
-time is what the stage costs before and around any real work: the interpreter, imports, CUDA's
-initialisation, building the model, DataLoader workers, writing the outputs. **imports s** is the
-stage script's imports alone (``python -X importtime``: the sum of its top-level imports). With
+time is what the stage costs besides its work: the interpreter, imports, CUDA's initialisation, building
+the model, DataLoader workers, writing the outputs (and, for train and evaluate, one padded batch per split
+through the backbone). **before the first image** is what train and evaluate log as their start-up (the
+process's seconds until the model is ready for its first image); **imports s** is the stage script's
+imports alone (``python -X importtime``: the sum of its top-level imports). With
 ``against``, another checkout's stage scripts (its ``stages/`` with its ``src/`` first on the path)
 run in turn with this one's, in the same rounds, so the two columns share the host's load.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -52,8 +55,13 @@ class StageStartup:
     stage: str
     seconds: float
     imports: float
+    ready: float | None = None  # the stage's own start-up line (train, evaluate)
     against_seconds: float | None = None
     against_imports: float | None = None
+    against_ready: float | None = None
+
+
+_READY = re.compile(r"start-up: ([0-9.]+) s before the first image")
 
 
 def _project(work: Path, params: Params) -> Path:
@@ -73,8 +81,9 @@ def _env(checkout: Path, cache: Path) -> dict[str, str]:
     return {**os.environ, "VITPIPE_CACHE_DIR": str(cache), "PYTHONPATH": str(checkout / "src"), "DVC_NO_ANALYTICS": "1"}
 
 
-def _run(checkout: Path, script: str, args: Sequence[str], work: Path, cache: Path) -> float:
-    """Wall seconds of one stage process; a failure is a :class:`VitpipeError` with its last line."""
+def _run(checkout: Path, script: str, args: Sequence[str], work: Path, cache: Path) -> tuple[float, float | None]:
+    """Wall seconds of one stage process, and the start-up it logged (None: none); a failure is a
+    :class:`VitpipeError` with its last line."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(checkout / "stages" / script), *args], cwd=work,
                           env=_env(checkout, cache), capture_output=True, text=True, timeout=900)
@@ -82,7 +91,8 @@ def _run(checkout: Path, script: str, args: Sequence[str], work: Path, cache: Pa
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise VitpipeError(f"bench start-up: {checkout / 'stages' / script} failed in {work}: {last}")
-    return seconds
+    ready = _READY.search(proc.stderr)
+    return seconds, float(ready.group(1)) if ready else None
 
 
 def import_seconds(checkout: Path, script: str, work: Path) -> float:
@@ -115,9 +125,11 @@ def measure_startup(params: Params, work: Path, *, rounds: int = 3, against: Pat
         for side, root in sides.items():
             cache = work / f"cache-{side}-{round_}"  # empty: the features, ONNX and decoded stores computed anew
             for name, script, args in STAGES:
-                seconds = _run(root, script, args, projects[side], cache)
+                seconds, ready = _run(root, script, args, projects[side], cache)
                 if round_ > 0:
                     times.setdefault((side, name), []).append(seconds)
+                    if ready is not None:
+                        times.setdefault((side, name, "ready"), []).append(ready)
                     times.setdefault((side, name, "imports"), []).append(import_seconds(root, script, projects[side]))
         logger.info("bench start-up: round %d of %d done", round_, rounds)
 
@@ -125,5 +137,7 @@ def measure_startup(params: Params, work: Path, *, rounds: int = 3, against: Pat
         return statistics.median(times[key]) if key in times else None
 
     return [StageStartup(stage=name, seconds=median("this", name), imports=median("this", name, "imports"),
-                         against_seconds=median("against", name), against_imports=median("against", name, "imports"))
+                         ready=median("this", name, "ready"), against_seconds=median("against", name),
+                         against_imports=median("against", name, "imports"),
+                         against_ready=median("against", name, "ready"))
             for name, _, _ in STAGES]

@@ -21,7 +21,15 @@ from pathlib import Path
 
 from vitpipe.bench.bench import append_rows, checked_index, run_bench
 from vitpipe.bench.ceiling import FineTuneRate, measure_fine_tune
-from vitpipe.bench.datapath import PathRate, ScanRate, load_average, measure_data_path, measure_scan, tiny_backbone_params
+from vitpipe.bench.datapath import (
+    PathRate,
+    ScanRate,
+    host_scaling,
+    load_average,
+    measure_data_path,
+    measure_scan,
+    tiny_backbone_params,
+)
 from vitpipe.bench.startup import StageStartup, measure_startup
 from vitpipe.download.synthetic import generate
 from vitpipe.params import Params, SyntheticParams, usable_cores
@@ -47,27 +55,31 @@ DATA_PATH_COLUMNS = ("date", "device", "load", "data", "path", "workers", "image
                      "vs 1 worker", "bytes/image moved")
 DATA_PATH_SECTION = """## Data path: images/s per core, 1 and 2 workers
 
-`vitpipe bench --suite host`: the frozen feature pass from an empty cache with timm's `test_vit` at 224 px
-(Resize(256), CenterCrop(224); the backbone costs next to nothing), so the data path is what is timed:
+`vitpipe bench --suite host`: the frozen feature pass from an empty cache with the recipe's transform at 224 px
+(`test_vit`'s; Resize(256), CenterCrop(224)) and a backbone that costs nothing, so the data path is what is timed:
 read, decode, resize and crop in the DataLoader workers, collate, move, scale and normalise, and one SQLite
 transaction per batch of 32. **uint8** is the path as it runs now (uint8 pixels from the workers, scaled and
 normalised where the model runs); **float32** is the whole transform in the workers, as before. **load**:
 the host's 1-minute load average when the row was written (other engineers' jobs share its cores)."""
 SCAN_COLUMNS = ("date", "device", "load", "data", "processes", "files", "seconds (best of 3)", "files/s",
-                "vs 1 process")
+                "vs 1 process", "host's 2-process ceiling")
 SCAN_SECTION = """## split-check: 1 and 2 processes
 
 `vitpipe bench --suite host`: split-check's scan (read, SHA-256, full decode, perceptual hash) of every
-image, best of 3 with the process counts taking turns, so both see the same load."""
-STARTUP_COLUMNS = ("date", "device", "load", "stage", "seconds", "imports s", "against", "against: seconds",
-                   "against: imports s")
+image, best of 3 with the process counts taking turns, so both see the same load. **host's 2-process
+ceiling**: what 2 processes can gain on this host at that moment, measured right after (a pure-Python loop
+alone and two copies at once: 2.00x on 2 idle cores, less as other jobs hold them)."""
+STARTUP_COLUMNS = ("date", "device", "load", "stage", "seconds", "before the first image s", "imports s", "against",
+                   "against: seconds", "against: before the first image s", "against: imports s")
 STARTUP_SECTION = """## Stage start-up
 
 `vitpipe bench --suite host` (and `--suite gpu`): each stage script as DVC runs it, its own process, on
 2 synthetic classes of 4/2/2 images with the params' model and device and an empty cache folder: what a
 stage costs besides its work (interpreter, imports, CUDA, the model, DataLoader workers, its outputs);
-the median of the rounds. **imports s**: the script's imports (`python -X importtime`, top level).
-**against**: another checkout's stage scripts, run in turn with these in the same rounds."""
+the median of the rounds (train and evaluate include one padded batch per split through the backbone).
+**before the first image s**: the start-up train and evaluate log (seconds until the model is ready for
+its first image; older checkouts log none). **imports s**: the script's imports (`python -X importtime`,
+top level). **against**: another checkout's stage scripts, run in turn with these in the same rounds."""
 FINE_TUNE_COLUMNS = ("date", "device", "model", "batch", "compiled", "vitpipe images/s", "ceiling images/s",
                      "vitpipe / ceiling")
 FINE_TUNE_SECTION = """## Full fine-tune against the compute ceiling
@@ -85,8 +97,9 @@ def _startup_rows(rows: Sequence[StageStartup], device: str, against: Path | Non
         return "-" if value is None else f"{value:.2f}"
 
     date, load = _now(), load_average()
-    return [md_row((date, device, load, r.stage, cell(r.seconds), cell(r.imports),
-                    str(against) if against else "-", cell(r.against_seconds), cell(r.against_imports)))
+    return [md_row((date, device, load, r.stage, cell(r.seconds), cell(r.ready), cell(r.imports),
+                    str(against) if against else "-", cell(r.against_seconds), cell(r.against_ready),
+                    cell(r.against_imports)))
             for r in rows]
 
 
@@ -106,9 +119,11 @@ def run_host_suite(params: Params, root: Path, *, out: Path, work: Path, data_na
                  for r in rates]
     append_rows(out, path_rows, header=md_header(DATA_PATH_COLUMNS), section=DATA_PATH_SECTION)
     scans: list[ScanRate] = measure_scan(root)
+    ceiling = host_scaling()
     date, load = _now(), load_average()
     scan_rows = [md_row((date, name, load, data_name, str(s.processes), str(s.files), f"{s.seconds:.2f}",
-                         f"{s.rate:.0f}", f"{s.rate / scans[0].rate:.2f}x")) for s in scans]
+                         f"{s.rate:.0f}", f"{s.rate / scans[0].rate:.2f}x", f"{ceiling.speedup:.2f}x"))
+                 for s in scans]
     append_rows(out, scan_rows, header=md_header(SCAN_COLUMNS), section=SCAN_SECTION)
     startup = _startup_rows(measure_startup(params, work / "startup", rounds=rounds, against=against), name, against)
     append_rows(out, startup, header=md_header(STARTUP_COLUMNS), section=STARTUP_SECTION)

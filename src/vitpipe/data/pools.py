@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing
-import sys
 import threading
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
-    """fork where it is safe and fastest (Linux, a single-threaded process that has not imported torch: the
-    download and split-check stages); otherwise forkserver (or spawn), whose workers import afresh."""
+    """fork where there is one, from a process running one Python thread (as torch's DataLoader forks its
+    workers: the pool's work uses neither torch nor CUDA, so their native threads and state do not matter
+    to it); otherwise forkserver (or spawn), whose workers import afresh, a second or so on 2 cores."""
     methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and "torch" not in sys.modules and threading.active_count() == 1:
+    if "fork" in methods and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,11 @@ def score(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> tu
 
 
 def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, outputs: EvalOutputs, *,
-                   cache: FeatureCache | None = None) -> dict[str, Any]:
+                   cache: FeatureCache | None = None, started: float | None = None) -> dict[str, Any]:
     """Scores every test image with the saved model; writes test.json, per_class.csv, predictions.csv
-    and per_class.json. Returns all of it as one dict, with ``tta``."""
+    and per_class.json. Returns all of it as one dict, with ``tta``. ``started``: when the stage's process
+    started (perf_counter), for the start-up line."""
+    started = time.perf_counter() if started is None else started
     predictor = load_predictor(model_path, device=params.train.device, tta=params.evaluate.tta)
     card = predictor.card
     if tuple(card.classes) != tuple(index.classes):
@@ -128,6 +131,8 @@ def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, output
     samples = index.samples("test")
     if not samples:
         raise VitpipeError("the test split has no images; nothing to evaluate. Check data.source.")
+    logger.info("start-up: %.1f s before the first image (imports, %s, the model loaded)",
+                time.perf_counter() - started, predictor.device)
     probs = _probabilities(params, index, predictor, cache or FeatureCache()).float().numpy()
     if probs.shape[0] != len(samples):
         raise VitpipeError(f"scored {probs.shape[0]} test images but the index lists {len(samples)}.")

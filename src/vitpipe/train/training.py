@@ -163,6 +163,8 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     mixup = build_mixup(t, len(index.classes))  # params refuse mixup where the head trains on features
     weight = class_weights(t, _labels(index, "train"), len(index.classes))
     losses = (build_loss(t, mixup=mixup is not None, weight=weight).to(device), build_loss(t, mixup=False))
+    logger.info("start-up: %.1f s before the first image (imports, %s, %s built)", time.perf_counter() - started,
+                device_name(device), params.model.name)
     engine: Engine
     if t.uses_feature_cache:
         engine = _feature_engine(model, index, params, device=device, cache=cache or FeatureCache(),
