@@ -12,6 +12,7 @@ crop of the full image, which a centre-cropped store cannot provide.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -128,7 +129,12 @@ class DecodedImages:
         that uses them. It draws no random number, so what the steps draw stays in order.
         """
         starts = [s for s in range(0, len(order), batch_size) if not drop_last or len(order) - s >= batch_size]
-        return prefetched((lambda start: self._batch(order[start:start + batch_size], device)), starts)
+        on_gpu = None
+        if device.type == "cuda":  # the thread's own current device: pinning must not open a context on GPU 0
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            on_gpu = functools.partial(torch.cuda.set_device, index)
+        return prefetched((lambda start: self._batch(order[start:start + batch_size], device)), starts,
+                          initializer=on_gpu)
 
     def _batch(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.sort(idx).values  # memmap reads in file order
@@ -142,12 +148,14 @@ class DecodedImages:
 PREFETCH = 2  # batches gathered ahead of the step
 
 
-def prefetched(load: Callable[[Item], Out], items: Sequence[Item], *, ahead: int = PREFETCH) -> Iterator[Out]:
-    """``load(item)`` for each item, in order, computed by one thread ``ahead`` items ahead of the caller.
+def prefetched(load: Callable[[Item], Out], items: Sequence[Item], *, ahead: int = PREFETCH,
+               initializer: Callable[[], object] | None = None) -> Iterator[Out]:
+    """``load(item)`` for each item, in order, computed by one thread (set up by ``initializer``) ``ahead``
+    items ahead of the caller.
 
     Closing the iterator early waits for the loads already started, then stops.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitpipe-prefetch") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitpipe-prefetch", initializer=initializer) as pool:
         pending = deque(pool.submit(load, item) for item in items[:ahead])
         following = iter(items[ahead:])
         while pending:
