@@ -18,13 +18,13 @@ def test_the_data_path_rows_time_both_paths_with_each_worker_count(tmp_path, tin
     rows = measure_data_path(tiny_index, tiny_params(), work=tmp_path, workers=(0, 1))
     assert [(r.workers, r.path.split(",")[0].split(" ")[0]) for r in rows] == [
         (0, "uint8"), (0, "float32"), (1, "uint8"), (1, "float32")]
-    assert all(r.images == len(tiny_index.samples("train")) and r.rate > 0 for r in rows)
+    assert all(r.images == len(tiny_index.samples("train")) and r.rate > 0 and r.cpu > 0 for r in rows)
     assert rows[0].bytes_per_image * 4 == rows[1].bytes_per_image == 4 * 3 * 32 * 32
 
 
 def test_the_scan_rows_time_each_process_count(tiny_data):
     rows = measure_scan(tiny_data, processes=(1, 2), repeats=1)
-    assert [r.processes for r in rows] == [1, 2] and all(r.files == 54 and r.rate > 0 for r in rows)
+    assert [r.processes for r in rows] == [1, 2] and all(r.files == 54 and r.rate > 0 and r.cpu > 0 for r in rows)
 
 
 def test_the_fine_tune_row_times_the_engine_and_the_ceiling(tiny_index):

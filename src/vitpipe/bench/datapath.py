@@ -57,6 +57,14 @@ class WholeOnHost:
         return f"WholeOnHost({self.transform!r})"
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user and system) of this process and of its children that have ended (DataLoader
+    workers and pool processes are joined when they finish): what a pass cost in cores, whatever else
+    runs on the host."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 @dataclass(frozen=True)
 class PathRate:
     """One data-path measurement."""
@@ -66,10 +74,16 @@ class PathRate:
     images: int
     seconds: float
     bytes_per_image: int  # what each image's tensor weighs between a worker and the model
+    cpu: float = 0.0  # CPU seconds of the process and its workers
 
     @property
     def rate(self) -> float:
         return self.images / self.seconds
+
+    @property
+    def per_core(self) -> float:
+        """Images per CPU second: per core busy, on a shared host too."""
+        return self.images / self.cpu if self.cpu else float("nan")
 
 
 def measure_data_path(index: DatasetIndex, params: Params, *, work: Path, workers: Sequence[int] = (1, 2),
@@ -87,9 +101,9 @@ def measure_data_path(index: DatasetIndex, params: Params, *, work: Path, worker
                                       ("float32 from the workers (before)", WholeOnHost(eval_tf), 4 * pixels)):
             extractor = Extractor.for_backbone(NoBackbone(), device, params.train.precision, num_workers=n)
             cache = FeatureCache(work / f"features-{n}-{size}")
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             cache.features(extractor, index.root, samples, transform=transform, view_seed=None, desc="data path")
-            rows.append(PathRate(path, n, len(samples), time.perf_counter() - start, size))
+            rows.append(PathRate(path, n, len(samples), time.perf_counter() - start, size, cpu_seconds() - cpu))
             logger.info("bench data path: %s, %d workers: %.0f images/s", path, n, rows[-1].rate)
     return rows
 
@@ -101,10 +115,16 @@ class ScanRate:
     processes: int
     files: int
     seconds: float
+    cpu: float = 0.0  # CPU seconds of the process and its pool's
 
     @property
     def rate(self) -> float:
         return self.files / self.seconds
+
+    @property
+    def per_core(self) -> float:
+        """Files per CPU second."""
+        return self.files / self.cpu if self.cpu else float("nan")
 
 
 def measure_scan(root: Path, *, processes: Sequence[int] = (1, 2), repeats: int = 3) -> list[ScanRate]:
@@ -112,13 +132,14 @@ def measure_scan(root: Path, *, processes: Sequence[int] = (1, 2), repeats: int 
     the process counts taking turns within each repeat."""
     tree = list_tree(Path(root))
     paths = [p for split in tree.splits.values() for images in split.values() for p in images]
-    best: dict[int, float] = {}
+    best: dict[int, tuple[float, float]] = {}
     for _ in range(repeats):
         for n in processes:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             scan_files(Path(root), paths, workers=n, files=tree.files, phash=True)
-            best[n] = min(best.get(n, float("inf")), time.perf_counter() - start)
-    return [ScanRate(n, len(paths), best[n]) for n in processes]
+            took = (time.perf_counter() - start, cpu_seconds() - cpu)
+            best[n] = min(best.get(n, took), took)
+    return [ScanRate(n, len(paths), *best[n]) for n in processes]
 
 
 def _spin(n: int) -> int:

@@ -51,24 +51,27 @@ class Sizes:
 
 SMALL = Sizes(classes=4, seed_sized=(12, 4, 4), large=(24, 4, 4), image_size=64)  # a dry run, on any machine
 
-DATA_PATH_COLUMNS = ("date", "device", "load", "data", "path", "workers", "images/s", "images/s per worker",
-                     "vs 1 worker", "bytes/image moved")
+DATA_PATH_COLUMNS = ("date", "device", "load", "data", "path", "workers", "images/s", "vs 1 worker",
+                     "images per CPU second", "bytes/image moved")
 DATA_PATH_SECTION = """## Data path: images/s per core, 1 and 2 workers
 
 `vitpipe bench --suite host`: the frozen feature pass from an empty cache with the recipe's transform at 224 px
 (`test_vit`'s; Resize(256), CenterCrop(224)) and a backbone that costs nothing, so the data path is what is timed:
 read, decode, resize and crop in the DataLoader workers, collate, move, scale and normalise, and one SQLite
 transaction per batch of 32. **uint8** is the path as it runs now (uint8 pixels from the workers, scaled and
-normalised where the model runs); **float32** is the whole transform in the workers, as before. **load**:
-the host's 1-minute load average when the row was written (other engineers' jobs share its cores)."""
+normalised where the model runs); **float32** is the whole transform in the workers, as before. **images
+per CPU second**: images over the CPU seconds of the process and its workers (`os.times`), i.e. per core
+kept busy, which other jobs on the host do not change much, where images/s and its scaling depend on
+how many cores they leave. **load**: the host's 1-minute load average when the row was written."""
 SCAN_COLUMNS = ("date", "device", "load", "data", "processes", "files", "seconds (best of 3)", "files/s",
-                "vs 1 process", "host's 2-process ceiling")
+                "vs 1 process", "host's 2-process ceiling", "files per CPU second")
 SCAN_SECTION = """## split-check: 1 and 2 processes
 
 `vitpipe bench --suite host`: split-check's scan (read, SHA-256, full decode, perceptual hash) of every
 image, best of 3 with the process counts taking turns, so both see the same load. **host's 2-process
 ceiling**: what 2 processes can gain on this host at that moment, measured right after (a pure-Python loop
-alone and two copies at once: 2.00x on 2 idle cores, less as other jobs hold them)."""
+alone and two copies at once: 2.00x on 2 idle cores, less as other jobs hold them). **files per CPU
+second**: files over the CPU seconds of the process and its pool's (`os.times`)."""
 STARTUP_COLUMNS = ("date", "device", "load", "stage", "seconds", "before the first image s", "imports s", "against",
                    "against: seconds", "against: before the first image s", "against: imports s")
 STARTUP_SECTION = """## Stage start-up
@@ -114,16 +117,16 @@ def run_host_suite(params: Params, root: Path, *, out: Path, work: Path, data_na
     one = {r.path: r.rate for r in rates if r.workers == 1}
     date, load = _now(), load_average()
     path_rows = [md_row((date, name, load, f"{data_name} ({r.images} train)", r.path, str(r.workers),
-                         f"{r.rate:.0f}", f"{r.rate / max(r.workers, 1):.0f}",
-                         f"{r.rate / one[r.path]:.2f}x" if r.path in one else "-", f"{r.bytes_per_image:,}"))
+                         f"{r.rate:.0f}", f"{r.rate / one[r.path]:.2f}x" if r.path in one else "-",
+                         f"{r.per_core:.0f}", f"{r.bytes_per_image:,}"))
                  for r in rates]
     append_rows(out, path_rows, header=md_header(DATA_PATH_COLUMNS), section=DATA_PATH_SECTION)
     scans: list[ScanRate] = measure_scan(root)
     ceiling = host_scaling()
     date, load = _now(), load_average()
     scan_rows = [md_row((date, name, load, data_name, str(s.processes), str(s.files), f"{s.seconds:.2f}",
-                         f"{s.rate:.0f}", f"{s.rate / scans[0].rate:.2f}x", f"{ceiling.speedup:.2f}x"))
-                 for s in scans]
+                         f"{s.rate:.0f}", f"{s.rate / scans[0].rate:.2f}x", f"{ceiling.speedup:.2f}x",
+                         f"{s.per_core:.0f}")) for s in scans]
     append_rows(out, scan_rows, header=md_header(SCAN_COLUMNS), section=SCAN_SECTION)
     startup = _startup_rows(measure_startup(params, work / "startup", rounds=rounds, against=against), name, against)
     append_rows(out, startup, header=md_header(STARTUP_COLUMNS), section=STARTUP_SECTION)
