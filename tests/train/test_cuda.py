@@ -8,6 +8,7 @@ and DDP over NCCL with two processes where there are two GPUs.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -185,3 +186,27 @@ def test_ddp_on_nccl_with_two_gpus_writes_the_single_process_files(tmp_path, tin
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rank 0 of 2 on cuda:0" in proc.stderr and "rank 1 of 2 on cuda:1" in proc.stderr
     assert json.loads((out / "train.json").read_text())["epochs_run"] == 2
+
+
+_CPU_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+import torch
+from conftest import tiny_params, train_outputs
+from vitpipe.data.index import DatasetIndex
+from vitpipe.train.training import run_training
+run_training(tiny_params(epochs=3), DatasetIndex.load(sys.argv[2]), train_outputs(Path(sys.argv[1])))  # checkpoints
+print("cuda initialised:", torch.cuda.is_initialized())
+"""
+
+
+def test_a_cpu_run_on_a_cuda_host_opens_no_cuda_context(tmp_path, tiny_index):
+    """Checkpoints saved every GPU's RNG state, which opened a context on each GPU for a run on the CPU."""
+    tiny_index.save(tmp_path / "index.json")
+    (tmp_path / "cpu_run.py").write_text(_CPU_RUN.format(tests=str(REPO / "tests")))
+    proc = subprocess.run([sys.executable, str(tmp_path / "cpu_run.py"), str(tmp_path / "out"),
+                           str(tmp_path / "index.json")], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "VITPIPE_CACHE_DIR": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "cuda initialised: False" in proc.stdout
