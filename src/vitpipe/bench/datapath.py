@@ -1,15 +1,13 @@
-"""``vitpipe bench --suite host``'s data-path rows: what decoding and moving images costs, per core.
+"""``vitpipe bench --suite host``'s data-path rows: what decoding and handing over images costs, per core.
 
-The frozen feature pass itself (:class:`vitpipe.model.features.Extractor`, from an empty cache) on the train
-images with the recipe's transform for timm's ``test_vit`` at 224 px (Resize(256), CenterCrop(224)) and a
-backbone that costs nothing (a pixel per channel: even test_vit took 0.3-2 s per batch of 32 at 224 px on the
-loaded 2-core host, and would be what is timed), so what is timed is the data path: read, decode, resize and
-crop in the DataLoader workers, collate, move, scale and normalise, and the cache's writes (one SQLite
-transaction per batch of 32). Once as it runs now
-(uint8 pixels from the workers, normalised where the model runs) and once with the whole transform in the
-workers (float32, as before), with 1 and 2 workers each. Then split-check's file scan (read, SHA-256, full
-decode, perceptual hash) with 1 and 2 processes. The rows say the host's load average (other processes
-slow both sides alike within a run, not across runs).
+The feature pass's loader alone (no model) on the train images, with the recipe's transform for timm's
+``test_vit`` at 224 px (Resize(256), CenterCrop(224)): read, decode, resize and crop in the DataLoader
+workers, collate, hand the batch to the main process. **uint8** is what the workers do on a GPU machine
+(:mod:`vitpipe.model.devicetransform`: they stop at uint8 pixels; the GPU scales and normalises), so its
+images per CPU second times the cores is what such a machine's CPUs can feed its GPU; **float32** is the
+whole transform in the workers, what the CPU's feature pass does (and every pass did before). With 1 and
+2 workers each. Then split-check's file scan (read, SHA-256, full decode, perceptual hash) with 1 and 2
+processes, and the host's own 2-process ceiling measured beside it. The rows say the host's load average.
 """
 
 from __future__ import annotations
@@ -18,43 +16,22 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch import nn
+from torch.utils.data import DataLoader
 
 from vitpipe.check.imagescan import list_tree, scan_files
 from vitpipe.data.index import DatasetIndex
 from vitpipe.data.pools import pool_context
+from vitpipe.data.torchdata import ImageDataset
 from vitpipe.model.classifier import build_model
-from vitpipe.model.features import Extractor, FeatureCache
+from vitpipe.model.devicetransform import collate_host, split_transform
 from vitpipe.model.transforms import build_eval_transform, eval_spec
 from vitpipe.params import Params
 
 logger = logging.getLogger(__name__)
-
-
-class NoBackbone(nn.Module):
-    """A backbone that costs nothing: (B, 3, H, W) -> (B, 3), one pixel per channel."""
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return images[:, :, 0, 0]
-
-
-class WholeOnHost:
-    """A transform run whole in the workers (floats out), as the feature pass ran before: it does not split."""
-
-    def __init__(self, transform: Callable[[Any], torch.Tensor]):
-        self.transform = transform
-
-    def __call__(self, image: Any) -> torch.Tensor:
-        return self.transform(image)
-
-    def __repr__(self) -> str:
-        return f"WholeOnHost({self.transform!r})"
 
 
 def cpu_seconds() -> float:
@@ -69,7 +46,7 @@ def cpu_seconds() -> float:
 class PathRate:
     """One data-path measurement."""
 
-    path: str  # "uint8, normalised on the device" | "float32 from the workers"
+    path: str  # uint8 (the workers' part on a GPU) | float32 (the whole transform)
     workers: int
     images: int
     seconds: float
@@ -86,25 +63,30 @@ class PathRate:
         return self.images / self.cpu if self.cpu else float("nan")
 
 
-def measure_data_path(index: DatasetIndex, params: Params, *, work: Path, workers: Sequence[int] = (1, 2),
-                      device: torch.device = torch.device("cpu")) -> list[PathRate]:
-    """The feature pass on ``index``'s train images with the transform of ``params``' model (see
-    :func:`tiny_backbone_params`) and :class:`NoBackbone`, per path and worker count, each from an empty cache."""
+def measure_data_path(index: DatasetIndex, params: Params, *, workers: Sequence[int] = (1, 2),
+                      batch_size: int = 32) -> list[PathRate]:
+    """The loader over ``index``'s train images with the eval transform of ``params``' model (see
+    :func:`tiny_backbone_params`), per path and worker count: wall seconds and CPU seconds."""
     _, info = build_model(params.model, len(index.classes), seed=0)
     spec = eval_spec(params.train.augment, info)
     eval_tf = build_eval_transform(spec)
+    split = split_transform(eval_tf)
     samples = index.samples("train")
     pixels = 3 * spec.crop * spec.crop
     rows = []
     for n in workers:
-        for path, transform, size in (("uint8, normalised where the model runs", eval_tf, pixels),
-                                      ("float32 from the workers (before)", WholeOnHost(eval_tf), 4 * pixels)):
-            extractor = Extractor.for_backbone(NoBackbone(), device, params.train.precision, num_workers=n)
-            cache = FeatureCache(work / f"features-{n}-{size}")
+        for path, dataset, collate, size in (
+                ("uint8 (the workers' part on a GPU)", ImageDataset(index.root, samples, split.host), collate_host,
+                 pixels),
+                ("float32 (the whole transform: on the CPU, and before)", ImageDataset(index.root, samples, eval_tf),
+                 None, 4 * pixels)):
+            loader = DataLoader(dataset, batch_size=batch_size, num_workers=n, collate_fn=collate)
             start, cpu = time.perf_counter(), cpu_seconds()
-            cache.features(extractor, index.root, samples, transform=transform, view_seed=None, desc="data path")
+            for _ in loader:
+                pass
             rows.append(PathRate(path, n, len(samples), time.perf_counter() - start, size, cpu_seconds() - cpu))
-            logger.info("bench data path: %s, %d workers: %.0f images/s", path, n, rows[-1].rate)
+            logger.info("bench data path: %s, %d workers: %.0f images/s, %.0f per CPU second", path, n,
+                        rows[-1].rate, rows[-1].per_core)
     return rows
 
 

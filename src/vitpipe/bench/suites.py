@@ -53,16 +53,17 @@ SMALL = Sizes(classes=4, seed_sized=(12, 4, 4), large=(24, 4, 4), image_size=64)
 
 DATA_PATH_COLUMNS = ("date", "device", "load", "data", "path", "workers", "images/s", "vs 1 worker",
                      "images per CPU second", "bytes/image moved")
-DATA_PATH_SECTION = """## Data path: images/s per core, 1 and 2 workers
+DATA_PATH_SECTION = """## Data path: images per CPU second, 1 and 2 workers
 
-`vitpipe bench --suite host`: the frozen feature pass from an empty cache with the recipe's transform at 224 px
-(`test_vit`'s; Resize(256), CenterCrop(224)) and a backbone that costs nothing, so the data path is what is timed:
-read, decode, resize and crop in the DataLoader workers, collate, move, scale and normalise, and one SQLite
-transaction per batch of 32. **uint8** is the path as it runs now (uint8 pixels from the workers, scaled and
-normalised where the model runs); **float32** is the whole transform in the workers, as before. **images
-per CPU second**: images over the CPU seconds of the process and its workers (`os.times`), i.e. per core
-kept busy, which other jobs on the host do not change much, where images/s and its scaling depend on
-how many cores they leave. **load**: the host's 1-minute load average when the row was written."""
+`vitpipe bench --suite host`: the feature pass's DataLoader alone (no model) over the train images with
+the recipe's transform at 224 px (`test_vit`'s: Resize(256), CenterCrop(224)): read, decode, resize and
+crop in the workers, collate, hand each batch of 32 to the main process. **uint8**: what the workers do
+on a GPU machine (they stop at uint8 pixels, the GPU scales and normalises), so its **images per CPU
+second** (images over the CPU seconds of the process and its workers, `os.times`: per core kept busy,
+which other jobs on the host change little) times a machine's cores is what its CPUs can feed a GPU.
+**float32**: the whole transform in the workers, what the CPU's feature pass does (and every pass did
+before). **images/s** and **vs 1 worker** depend on how many cores other jobs leave: **load** is the
+host's 1-minute load average when the row was written."""
 SCAN_COLUMNS = ("date", "device", "load", "data", "processes", "files", "seconds (best of 3)", "files/s",
                 "vs 1 process", "host's 2-process ceiling", "files per CPU second")
 SCAN_SECTION = """## split-check: 1 and 2 processes
@@ -112,8 +113,10 @@ def run_host_suite(params: Params, root: Path, *, out: Path, work: Path, data_na
     device = resolve_device(params.train.device)
     name = describe_device(device)
     index = checked_index(root, params.data)
-    rates: list[PathRate] = measure_data_path(index, tiny_backbone_params(params), work=work / "datapath",
-                                              device=device)
+    scans: list[ScanRate] = measure_scan(root)  # first: a process with no thread yet forks its pool
+    ceiling = host_scaling()
+    scan_date, scan_load = _now(), load_average()
+    rates: list[PathRate] = measure_data_path(index, tiny_backbone_params(params))
     one = {r.path: r.rate for r in rates if r.workers == 1}
     date, load = _now(), load_average()
     path_rows = [md_row((date, name, load, f"{data_name} ({r.images} train)", r.path, str(r.workers),
@@ -121,10 +124,7 @@ def run_host_suite(params: Params, root: Path, *, out: Path, work: Path, data_na
                          f"{r.per_core:.0f}", f"{r.bytes_per_image:,}"))
                  for r in rates]
     append_rows(out, path_rows, header=md_header(DATA_PATH_COLUMNS), section=DATA_PATH_SECTION)
-    scans: list[ScanRate] = measure_scan(root)
-    ceiling = host_scaling()
-    date, load = _now(), load_average()
-    scan_rows = [md_row((date, name, load, data_name, str(s.processes), str(s.files), f"{s.seconds:.2f}",
+    scan_rows = [md_row((scan_date, name, scan_load, data_name, str(s.processes), str(s.files), f"{s.seconds:.2f}",
                          f"{s.rate:.0f}", f"{s.rate / scans[0].rate:.2f}x", f"{ceiling.speedup:.2f}x",
                          f"{s.per_core:.0f}")) for s in scans]
     append_rows(out, scan_rows, header=md_header(SCAN_COLUMNS), section=SCAN_SECTION)

@@ -30,7 +30,7 @@ from vitpipe.data.torchdata import ImageDataset
 from vitpipe.errors import VitpipeError
 from vitpipe.evaluate.inference import Predictor, load_predictor
 from vitpipe.fileio import write_csv, write_json
-from vitpipe.model.devicetransform import collate_host, split_transform
+from vitpipe.model.devicetransform import collate_host, split_for
 from vitpipe.model.features import (
     Extractor,
     FeatureCache,
@@ -71,13 +71,15 @@ def _probabilities(params: Params, index: DatasetIndex, predictor: Predictor, ca
                                desc="test view 0")
         with torch.inference_mode():
             return predictor.head_logits(feats.to(device)).softmax(-1).cpu()
-    split = split_transform(eval_tf)  # uint8 from the workers, normalised on the device
+    split = split_for(eval_tf, device)  # on a GPU: uint8 from the workers, normalised there
     batch_size = params.evaluate.batch_size
-    loader = DataLoader(ImageDataset(index.root, samples, split.host), batch_size=batch_size, shuffle=False,
-                        num_workers=loader_workers(workers, len(samples), batch_size),
-                        pin_memory=device.type == "cuda", collate_fn=collate_host)
-    probs = [predictor.probabilities(split.tail(pixels.to(device, non_blocking=True)))
-             for pixels, _, _ in tqdm(loader, desc="test", disable=None)]
+    loader = DataLoader(ImageDataset(index.root, samples, split.host if split else eval_tf), batch_size=batch_size,
+                        shuffle=False, num_workers=loader_workers(workers, len(samples), batch_size),
+                        pin_memory=device.type == "cuda", collate_fn=collate_host if split else None)
+    probs = []
+    for batch in tqdm(loader, desc="test", disable=None):
+        images = batch[0].to(device, non_blocking=True)
+        probs.append(predictor.probabilities(split.tail(images) if split else images))
     return torch.cat(probs).cpu()  # one copy back at the end: no wait on the device per batch
 
 

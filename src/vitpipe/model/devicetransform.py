@@ -140,6 +140,13 @@ class SplitTransform:
     tail: DeviceTail
 
 
+def split_for(transform: Callable[[Any], torch.Tensor], device: torch.device) -> SplitTransform | None:
+    """:func:`split_transform` where it pays: off the CPU. On the CPU the composed transform runs whole in
+    the workers, as it always did: nothing is moved there, and the main process, which runs the model, would
+    do the scaling instead of the workers (measured: more CPU seconds per image on 2 shared cores)."""
+    return split_transform(transform) if device.type != "cpu" else None
+
+
 def split_transform(transform: Callable[[Any], torch.Tensor]) -> SplitTransform | None:
     """``transform`` as host and device parts, or None when it is not ``Compose([PIL steps..., ToTensor,
     Normalize])`` with an optional torchvision ``RandomErasing`` last (timm's ``MaybeToTensor`` is a ToTensor)."""

@@ -38,7 +38,7 @@ from vitpipe.cachedir import cache_subdir
 from vitpipe.data.index import Sample
 from vitpipe.data.torchdata import ImageDataset
 from vitpipe.errors import VitpipeError
-from vitpipe.model.devicetransform import collate_host, split_transform
+from vitpipe.model.devicetransform import collate_host, split_for
 from vitpipe.model.featurestore import FeatureStore
 from vitpipe.model.onnx_backbone import OnnxBackbone
 from vitpipe.runtime import autocast, derive_seed
@@ -164,11 +164,11 @@ class Extractor:
                 *, seed: int | None, desc: str) -> Iterator[tuple[int, torch.Tensor]]:
         """``(start, features)`` per batch, in order: (B, D) in :data:`STORAGE_DTYPE`, on the CPU.
 
-        The loader's workers decode and crop each image to uint8; the batch is scaled and normalised on
-        the device (:mod:`vitpipe.model.devicetransform`: the same floats on the CPU, a quarter of the
-        bytes moved), unless the transform cannot be split.
+        On a GPU the loader's workers decode and crop each image to uint8 and the batch is scaled and
+        normalised there (:mod:`vitpipe.model.devicetransform`: a quarter of the bytes pinned and moved); on
+        the CPU the workers run the whole transform, as they always did.
         """
-        split = split_transform(transform)
+        split = split_for(transform, self.device)
         dataset = ImageDataset(root, samples, split.host if split else transform, seed=seed)
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
                             num_workers=loader_workers(self.num_workers, len(samples), self.batch_size),

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vitpipe.data.torchdata import ImageDataset
-from vitpipe.model.devicetransform import DeviceTail, collate_host, split_transform
+from vitpipe.model.devicetransform import DeviceTail, collate_host, split_for
 from vitpipe.params import TrainParams
 from vitpipe.runtime import seed_worker
 from vitpipe.train import distributed
@@ -38,14 +38,14 @@ class BatchSource(Protocol):
 class LoaderBatches:
     """Decode and transform every image on the CPU in DataLoader workers (the tutorial's way).
 
-    Where a transform splits (:mod:`vitpipe.model.devicetransform`), the workers stop at uint8 pixels
-    and the batch is scaled, normalised and erased on the device: the same floats, a quarter of the bytes.
+    On a GPU, where a transform splits (:mod:`vitpipe.model.devicetransform`), the workers stop at uint8
+    pixels and the batch is scaled, normalised and erased on the device: a quarter of the bytes.
     """
 
     def __init__(self, train_set: ImageDataset, val_set: ImageDataset, *, device: torch.device, num_workers: int):
         self.device, self.num_workers = device, num_workers
-        self.train_set, self.train_tail = _host_part(train_set)
-        self.val_set, self.val_tail = _host_part(val_set)
+        self.train_set, self.train_tail = _host_part(train_set, device)
+        self.val_set, self.val_tail = _host_part(val_set, device)
 
     def _loader(self, dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, drop_last: bool,
                 split: bool) -> DataLoader:
@@ -78,9 +78,10 @@ class LoaderBatches:
         return self._on_device(loader, self.val_tail)
 
 
-def _host_part(dataset: ImageDataset) -> tuple[ImageDataset, DeviceTail | None]:
-    """``dataset`` with the host part of its transform, and the device part (None: it does not split)."""
-    split = split_transform(dataset.transform)
+def _host_part(dataset: ImageDataset, device: torch.device) -> tuple[ImageDataset, DeviceTail | None]:
+    """``dataset`` with the host part of its transform, and the device part (None: not split, on the CPU or
+    where it does not split)."""
+    split = split_for(dataset.transform, device)
     if split is None:
         return dataset, None
     return ImageDataset(dataset.root, dataset.samples, split.host, seed=dataset.seed), split.tail
