@@ -13,8 +13,11 @@ processes, and the host's own 2-process ceiling measured beside it. The rows say
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,10 +25,10 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from vitpipe.check.imagescan import list_tree, scan_files
 from vitpipe.data.index import DatasetIndex
 from vitpipe.data.pools import pool_context
 from vitpipe.data.torchdata import ImageDataset
+from vitpipe.errors import VitpipeError
 from vitpipe.model.classifier import build_model
 from vitpipe.model.devicetransform import collate_host, split_transform
 from vitpipe.model.transforms import build_eval_transform, eval_spec
@@ -109,19 +112,38 @@ class ScanRate:
         return self.files / self.cpu if self.cpu else float("nan")
 
 
+# One scan as the split-check stage runs it: a process without torch, one thread, forking its pool.
+_SCAN = """
+import json, os, sys, time
+from pathlib import Path
+from vitpipe.check.imagescan import list_tree, scan_files
+root, workers = Path(sys.argv[1]), int(sys.argv[2])
+tree = list_tree(root)
+paths = [p for split in tree.splits.values() for images in split.values() for p in images]
+t, start = os.times(), time.perf_counter()
+scan_files(root, paths, workers=workers, files=tree.files, phash=True)
+seconds, u = time.perf_counter() - start, os.times()
+cpu = u.user + u.system + u.children_user + u.children_system - (t.user + t.system + t.children_user + t.children_system)
+print(json.dumps({"files": len(paths), "seconds": seconds, "cpu": cpu}))
+"""
+
+
 def measure_scan(root: Path, *, processes: Sequence[int] = (1, 2), repeats: int = 3) -> list[ScanRate]:
-    """split-check's scan of every image under ``root`` (with perceptual hashes), best of ``repeats`` each,
-    the process counts taking turns within each repeat."""
-    tree = list_tree(Path(root))
-    paths = [p for split in tree.splits.values() for images in split.values() for p in images]
-    best: dict[int, tuple[float, float]] = {}
+    """split-check's scan of every image under ``root`` (with perceptual hashes), each in a fresh process as
+    the stage runs it (no torch imported: its pool forks), best of ``repeats`` each, the process counts
+    taking turns within each repeat."""
+    best: dict[int, ScanRate] = {}
     for _ in range(repeats):
         for n in processes:
-            start, cpu = time.perf_counter(), cpu_seconds()
-            scan_files(Path(root), paths, workers=n, files=tree.files, phash=True)
-            took = (time.perf_counter() - start, cpu_seconds() - cpu)
-            best[n] = min(best.get(n, took), took)
-    return [ScanRate(n, len(paths), *best[n]) for n in processes]
+            proc = subprocess.run([sys.executable, "-c", _SCAN, str(root), str(n)], capture_output=True, text=True,
+                                  timeout=3600, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+            if proc.returncode != 0:
+                raise VitpipeError(f"bench: the scan of {root} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+            rate = ScanRate(n, got["files"], got["seconds"], got["cpu"])
+            if n not in best or rate.seconds < best[n].seconds:
+                best[n] = rate
+    return [best[n] for n in processes]
 
 
 def _spin(n: int) -> int:

@@ -69,7 +69,8 @@ SCAN_COLUMNS = ("date", "device", "load", "data", "processes", "files", "seconds
 SCAN_SECTION = """## split-check: 1 and 2 processes
 
 `vitpipe bench --suite host`: split-check's scan (read, SHA-256, full decode, perceptual hash) of every
-image, best of 3 with the process counts taking turns, so both see the same load. **host's 2-process
+image, each in a fresh process as the stage runs it (no torch imported, so its pool forks), best of 3
+with the process counts taking turns, so both see the same load. **host's 2-process
 ceiling**: what 2 processes can gain on this host at that moment, measured right after (a pure-Python loop
 alone and two copies at once: 2.00x on 2 idle cores, less as other jobs hold them). **files per CPU
 second**: files over the CPU seconds of the process and its pool's (`os.times`)."""
@@ -113,7 +114,7 @@ def run_host_suite(params: Params, root: Path, *, out: Path, work: Path, data_na
     device = resolve_device(params.train.device)
     name = describe_device(device)
     index = checked_index(root, params.data)
-    scans: list[ScanRate] = measure_scan(root)  # first: a process with no thread yet forks its pool
+    scans: list[ScanRate] = measure_scan(root)
     ceiling = host_scaling()
     scan_date, scan_load = _now(), load_average()
     rates: list[PathRate] = measure_data_path(index, tiny_backbone_params(params))

@@ -221,11 +221,14 @@ def scan_files(root: Path, paths: Sequence[str], *, workers: int = 0,
     if n_workers == 1 or len(paths) < _SERIAL_BELOW:
         results = [_scan(root, p, f, phash) for p, f in zip(paths, located)]
     else:
+        # The first file here: it loads Pillow's decoders (and the hashes' first-call set-up) once, before the
+        # workers fork, instead of once in each (measured: a fifth more CPU seconds with 2 processes).
+        results = [_scan(root, paths[0], located[0], phash)]
         chunk = max(1, min(64, len(paths) // (n_workers * 8)))  # few round trips, balanced to the end
         try:
             with ProcessPoolExecutor(max_workers=n_workers, mp_context=pool_context()) as pool:
-                results = list(pool.map(_scan, itertools.repeat(root), paths, located, itertools.repeat(phash),
-                                        chunksize=chunk))
+                results += pool.map(_scan, itertools.repeat(root), paths[1:], located[1:], itertools.repeat(phash),
+                                    chunksize=chunk)
         except BrokenProcessPool:
             raise VitpipeError(f"{root}: an image-check worker process died (killed for memory?); set "
                                f"data.workers to fewer processes (1: all in this one).") from None
