@@ -1,12 +1,16 @@
 """DVC stage `evaluate`: score every test image -> test.json, per_class.csv, per_class.json, predictions.csv."""
 
-import argparse
-from pathlib import Path
+import time
 
-from vitpipe.data.index import DatasetIndex
-from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
-from vitpipe.logs import run_stage
-from vitpipe.params import load_params
+STARTED = time.perf_counter()  # the start-up line counts the stage's imports
+
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from vitpipe.data.index import DatasetIndex  # noqa: E402
+from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation  # noqa: E402
+from vitpipe.logs import run_stage  # noqa: E402
+from vitpipe.params import load_params  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     outputs = EvalOutputs(metrics=args.metrics, per_class=args.per_class, predictions=args.predictions,
                           per_class_json=args.per_class_json)
-    run_evaluation(load_params(), DatasetIndex.load(args.index), args.model, outputs)
+    run_evaluation(load_params(), DatasetIndex.load(args.index), args.model, outputs, started=STARTED)
     return 0
 
 

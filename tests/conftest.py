@@ -17,6 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 BUTTERFLIES = REPO.parent / "shared" / "data" / "butterflies-10"
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu``-marked tests run on a CUDA host and are skipped elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_feature_cache(tmp_path, monkeypatch):
     """No test reads or pollutes the user's feature cache."""
@@ -58,8 +70,9 @@ def butterflies() -> Path:
 
 
 def tiny_params(**train: object) -> Params:
-    """timm's ``test_vit`` at 32 px with a small head: a training run takes about a second."""
-    base = TrainParams(epochs=2, batch_size=8, val_batch_size=8, num_workers=0)
+    """timm's ``test_vit`` at 32 px with a small head: a training run takes about a second. On the CPU
+    (``train.device: cpu``), where runs are deterministic, also on a CUDA host."""
+    base = TrainParams(epochs=2, batch_size=8, val_batch_size=8, num_workers=0, device="cpu")
     if "precision" not in train and not dataclasses.replace(base, precision="bf16", **train).uses_feature_cache:
         train = {**train, "precision": "bf16"}  # exact is for the frozen-feature path (params refuse it elsewhere)
     model = ModelParams(name="test_vit", img_size=32, head_hidden=16)

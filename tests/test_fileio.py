@@ -113,7 +113,7 @@ def work(tmp_path_factory, tiny_data) -> Path:
     params = tiny_params(epochs=1)
     (work / "params.yaml").write_text(yaml.safe_dump({
         "model": {"name": params.model.name, "img_size": params.model.img_size, "head_hidden": 16},
-        "train": {"epochs": 1, "batch_size": 8, "val_batch_size": 8, "num_workers": 0}}))
+        "train": {"epochs": 1, "batch_size": 8, "val_batch_size": 8, "num_workers": 0, "device": "cpu"}}))
     run_split_check(tiny_data, DataParams(), index_path=work / "index.json", report_path=work / "data.json")
     return work
 

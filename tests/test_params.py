@@ -68,6 +68,12 @@ def test_scientific_notation_from_dvc_exp_run_is_a_float():
         ("train:\n  precision: INT8\n  feature_runtime: onnxruntime\n", "train.precision"),
         ("train:\n  feature_runtime: onnxruntime\n", "train.precision"),  # the default bf16 has no ORT kernels
         ("train:\n  compile: yes please\n", "train.compile"),
+        ("train:\n  num_workers: AUTO\n", "train.num_workers"),
+        ("train:\n  num_workers: -1\n", "train.num_workers"),
+        ("train:\n  num_workers: 2.5\n", "train.num_workers"),
+        ("train:\n  num_workers: true\n", "train.num_workers"),
+        ("train:\n  num_workers: ''\n", "train.num_workers"),
+        ("train:\n  num_workers: [2]\n", "train.num_workers"),
         ("train:\n  lrr: 0.1\n", "train.lrr"),
         ("model:\n  dropout: 1.5\n", "model.dropout"),
         ("model:\n  head_hidden: -1\n", "model.head_hidden"),
@@ -102,6 +108,18 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(VitpipeError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_num_workers_auto_is_the_cores_this_process_may_use_and_a_number_wins(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert Params().train.num_workers == "auto" and Params().train.loader_workers == 3
+    assert parse_params({"train": {"num_workers": 5}}).train.loader_workers == 5
+    assert parse_params({"train": {"num_workers": 0}}).train.loader_workers == 0
+    assert parse_params({"train": {"num_workers": "auto"}}).train.loader_workers == 3
+    with pytest.raises(VitpipeError, match=r"train.num_workers must be an integer or auto, got 'AUTO'"):
+        parse_params({"train": {"num_workers": "AUTO"}})
 
 
 def test_params_are_frozen():

@@ -113,6 +113,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     check_out(args.out)  # before the work: a run's results are never lost to an unwritable --out
     params = bench_params(_params_or_defaults(args.params), epochs=args.epochs, model=args.model,
                           img_size=args.img_size, weights=args.weights)
+    suite = _bench_suite(args)
+    if suite in ("gpu", "host"):
+        from vitpipe.bench import suites
+
+        with tempfile.TemporaryDirectory(prefix="vitpipe-bench-suite-") as scratch:
+            if suite == "gpu":
+                sizes = suites.small_sizes() if args.small else suites.Sizes()
+                rows = suites.run_gpu_suite(params, out=args.out, work=Path(scratch), sizes=sizes,
+                                            rounds=args.rounds or 1)
+            else:
+                root, name = resolve_data(args.data, params.data, Path(scratch) / "data")
+                rows = suites.run_host_suite(params, root, out=args.out, work=Path(scratch), data_name=name,
+                                             against=args.startup_against, rounds=args.rounds or 3)
+        print("\n".join(rows))  # noqa: T201 - the rows are this command's output
+        return 0
     with tempfile.TemporaryDirectory(prefix="vitpipe-bench-data-") as scratch:
         root, name = resolve_data(args.data, params.data, Path(scratch))
         if not args.cache_only:
@@ -126,6 +141,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                                          added=args.added)
             print(format_cache_table(cached))  # noqa: T201
     return 0
+
+
+# Options that pick the CPU suite's rows: with any of them, `--suite auto` is that suite on a GPU too.
+_CPU_SUITE_OPTIONS = ("data", "cache_only", "skip_cache", "skip_loop", "views", "precisions", "runtimes")
+
+
+def _bench_suite(args: argparse.Namespace) -> str:
+    """``--suite``, with auto resolved: the GPU rows where CUDA is visible (unless a CPU-suite option is given)."""
+    if args.suite != "auto":
+        return args.suite
+    if any(getattr(args, name) for name in _CPU_SUITE_OPTIONS):
+        return "cpu"
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def _precision_list(text: str) -> tuple[str, ...]:
@@ -290,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--skip-cache", action="store_true", help="no feature cache row")
     which.add_argument("--cache-only", action="store_true", help="the feature cache row only")
+    p.add_argument("--suite", choices=["auto", "cpu", "gpu", "host"], default="auto",
+                   help="cpu: the loop against vitpipe and the feature cache rows; gpu: seed-sized and 12,500-image "
+                   "sets, fine-tune against the compute ceiling, stage start-up; host: the data path per worker, "
+                   "split-check with 1 and 2 processes, stage start-up (default auto: gpu where CUDA is visible)")
+    p.add_argument("--small", action="store_true", help="--suite gpu on tiny sets (a dry run, any machine)")
+    p.add_argument("--rounds", type=_positive_int, help="stage start-up rounds, median (default: 3 host, 1 gpu)")
+    p.add_argument("--startup-against", type=Path, metavar="CHECKOUT",
+                   help="--suite host: also time another vitpipe checkout's stages, in the same rounds")
     p.set_defaults(func=_cmd_bench)
 
     _add_export_parser(sub)

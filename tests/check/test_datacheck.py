@@ -357,13 +357,49 @@ def test_report_is_deterministic_and_holds_no_absolute_path(tmp_path):
     assert str(tmp_path) not in text and json.loads(text)["n_warnings"] == 2
 
 
-def test_threaded_scan_equals_serial_scan(tmp_path):
+def test_the_scan_in_processes_equals_the_serial_scan_whatever_their_count(tmp_path, monkeypatch):
+    from vitpipe.check import imagescan
+
     paths = [f"{i:03d}.png" for i in range(70)]  # above the serial threshold
     for i, p in enumerate(paths):
         _noise(tmp_path / p, i)
     (tmp_path / "bad.png").write_bytes(b"nope")
     paths.append("bad.png")
-    assert scan_files(tmp_path, paths, workers=2) == scan_files(tmp_path, paths, workers=1)
+    pools = []
+    real = imagescan.ProcessPoolExecutor
+    monkeypatch.setattr(imagescan, "ProcessPoolExecutor", lambda **kw: pools.append(kw["max_workers"]) or real(**kw))
+    serial = scan_files(tmp_path, paths, workers=1, phash=True)
+    assert pools == [] and serial[-1].error and serial[0].phash is not None
+    assert scan_files(tmp_path, paths, workers=2, phash=True) == serial
+    assert scan_files(tmp_path, paths, workers=3, phash=True) == serial
+    assert pools == [2, 3]
+
+
+def test_a_dead_scan_worker_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from vitpipe.check import imagescan
+
+    class Dying:
+        def __init__(self, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, *args, **kwargs):
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    paths = [f"{i:03d}.png" for i in range(70)]
+    for i, p in enumerate(paths):
+        _noise(tmp_path / p, i)
+    monkeypatch.setattr(imagescan, "ProcessPoolExecutor", Dying)
+    with pytest.raises(VitpipeError, match=r"worker process died .*set data.workers") as err:
+        scan_files(tmp_path, paths, workers=2)
+    assert "\n" not in str(err.value)
 
 
 def test_list_tree_sorts_images_and_stray(tmp_path):

@@ -128,3 +128,15 @@ def test_classes_are_learnable_but_not_trivial_and_backgrounds_say_nothing(tmp_p
     border = _nearest_mean_accuracy(root, names, _border_hist)
     assert chance + 0.2 < centre < 0.9, centre
     assert border < chance + 0.12, border
+
+
+def test_drawn_in_processes_the_files_are_the_same_bytes(tmp_path):
+    params = SyntheticParams(classes=3, train_per_class=6, valid_per_class=2, test_per_class=2, image_size=48)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    generate(tmp_path / "one", params, seed=3)
+    generate(tmp_path / "two", params, seed=3, processes=2)
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.jpg"))
+    assert len(files) == 30
+    assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*.jpg"))
+    assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes() for f in files)

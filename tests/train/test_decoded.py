@@ -72,3 +72,38 @@ def test_a_damaged_store_is_decoded_again(tmp_path, tiny_index, caplog):
         store = DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=0)
         assert len(store) == len(samples) and path.read_bytes() == good
     assert "decoding again" in caplog.text
+
+
+def test_prefetched_batches_are_the_gathered_rows_in_order_whatever_the_batch_size(tmp_path, tiny_index):
+    spec = _spec()
+    samples = tiny_index.samples("train")
+    store = DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=0)
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(3))
+    for batch_size, drop_last in ((7, False), (7, True), (64, False), (1, False)):
+        got = list(store.batches(order, batch_size, drop_last=drop_last, device=CPU))
+        starts = [s for s in range(0, len(order), batch_size) if not drop_last or len(order) - s >= batch_size]
+        assert len(got) == len(starts)
+        for (images, labels), start in zip(got, starts):
+            rows = torch.sort(order[start:start + batch_size]).values  # each batch read in file order
+            assert torch.equal(images, torch.from_numpy(store.array[rows.numpy()]))
+            assert torch.equal(labels, store.labels[rows])
+    early = store.batches(order, 4, drop_last=False, device=CPU)
+    next(early)
+    early.close()  # a consumer that stops early (an exception in the step) stops the thread's work
+
+
+def test_a_failing_prefetch_raises_in_the_consumer_in_order():
+    from vitpipe.train.decoded import prefetched
+
+    def load(i: int) -> int:
+        if i == 3:
+            raise ValueError("item 3")
+        return i * 10
+
+    got = []
+    try:
+        for value in prefetched(load, list(range(6))):
+            got.append(value)
+    except ValueError as exc:
+        assert str(exc) == "item 3"
+    assert got == [0, 10, 20]

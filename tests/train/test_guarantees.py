@@ -114,7 +114,12 @@ def test_the_tutorials_loop_reads_its_own_transforms_on_cuda(tiny_index):
     batches = training._image_batches(tiny_index, tutorial.train, device=CUDA, spec=spec, train_tf=train_tf,
                                       eval_tf=eval_tf)
     assert isinstance(batches, LoaderBatches)
-    assert batches.train_set.transform is train_tf and batches.val_set.transform is eval_tf
+    # the transforms' own steps: PIL ones in the workers, then ToTensor's and Normalize's arithmetic and the
+    # RandomErasing drawn per image, on the device (bit-identical on the CPU: tests/model/test_devicetransform.py)
+    assert batches.train_set.transform.steps == train_tf.transforms[:-3]
+    assert batches.train_set.transform.erasing is train_tf.transforms[-1]
+    assert batches.val_set.transform.steps == eval_tf.transforms[:-2] and batches.val_set.transform.erasing is None
+    assert batches.train_tail.mean.flatten().tolist() == list(torch.tensor(spec.mean).tolist())
 
 
 @pytest.fixture()

@@ -203,3 +203,22 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_not_loaded(tiny_index):
                "rng": {}, "progress": vars(Progress())}
     assert restore(payload, module=head, optimizer=optimizer, scheduler=None, ema=None) is None
     assert all(torch.equal(before[k], v) for k, v in head.state_dict().items())
+
+
+def test_a_feature_cache_checkpoint_holds_the_head_and_its_optimizer_not_the_backbone(tmp_path, tiny_index,
+                                                                                     monkeypatch):
+    """The head's epochs cost what their arithmetic costs: each epoch's checkpoint is the head, its optimizer,
+    the best head so far and the RNG states, never the backbone's weights or the cached features."""
+    params = tiny_params(epochs=3)
+    outputs = train_outputs(tmp_path)
+    kill_after_first_checkpoint(monkeypatch, params, tiny_index, outputs)
+    path = checkpoint_path(key_parts(params, tiny_index, torch.device("cpu")))
+    payload = torch.load(path, weights_only=True)
+    head = set(payload["module"])
+    assert head and not any(k.startswith("backbone") for k in head)
+    assert set(payload["progress"]["best_state"]) == head
+    floats = sum(t.numel() for t in payload["module"].values())
+    saved = sum(t.numel() for value in (payload["module"], payload["progress"]["best_state"])
+                for t in value.values())
+    state = sum(t.numel() for s in payload["optimizer"]["state"].values() for t in s.values() if t.dim())
+    assert saved == 2 * floats and state == 2 * floats  # the head twice (now, best); Adam's two moments

@@ -96,7 +96,7 @@ def run_cache_bench(params: Params, root: Path, *, out: Path, work: Path, data_n
     model, info = build_model(params.model, len(index.classes), seed=params.train.seed)
     eval_tf = build_eval_transform(eval_spec(params.train.augment, info))
     extractor = Extractor.for_backbone(model.backbone.to(device), device, params.train.precision,
-                                       num_workers=params.train.num_workers, runtime=params.train.feature_runtime)
+                                       num_workers=params.train.loader_workers, runtime=params.train.feature_runtime)
     step = len(samples) / added
     held = {int(i * step) for i in range(added)}
     base = [s for i, s in enumerate(samples) if i not in held]

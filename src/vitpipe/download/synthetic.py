@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from vitpipe.data.index import SPLITS
+from vitpipe.data.pools import pool_context
 from vitpipe.params import SyntheticParams
 
 logger = logging.getLogger(__name__)
@@ -277,24 +278,37 @@ def render(rng: np.random.Generator, species: Species, size: int) -> Image.Image
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def generate(dest: Path, params: SyntheticParams, *, seed: int) -> None:
+def _draw(job: tuple[Path, int, int, str, int, int, int]) -> None:
+    """Draws and writes one image: ``(dest, seed, split position, split, class position, index, size)``."""
+    dest, seed, split_id, split, class_id, index, size = job
+    species = SPECIES[class_id]
+    rng = np.random.default_rng([seed, split_id, class_id, index])
+    jpeg = io.BytesIO()  # Pillow's encoder writes to a file descriptor and ignores a short write
+    render(rng, species, size).save(jpeg, "JPEG", **_JPEG)
+    (dest / split / species.name / f"{index:04d}.jpg").write_bytes(jpeg.getvalue())  # a full disk raises here
+
+
+def generate(dest: Path, params: SyntheticParams, *, seed: int, processes: int = 1) -> None:
     """Writes ``dest/{train,valid,test}/<CLASS NAME>/<NNNN>.jpg``; ``dest`` must exist and be empty.
 
-    The same ``params`` and ``seed`` give byte-identical files; the caller makes ``dest`` atomic.
+    The same ``params`` and ``seed`` give byte-identical files, drawn in one process or in ``processes``
+    (each image is seeded by its own place); the caller makes ``dest`` atomic.
     """
     dest = Path(dest)
     if any(dest.iterdir()):
         raise ValueError(f"{dest} must be an empty directory")
     counts = {"train": params.train_per_class, "valid": params.valid_per_class, "test": params.test_per_class}
+    jobs = []
     for split_id, split in enumerate(SPLITS):  # a split's position seeds its images
         for class_id, species in enumerate(SPECIES[:params.classes]):
-            folder = dest / split / species.name
-            folder.mkdir(parents=True)
-            for index in range(counts[split]):
-                rng = np.random.default_rng([seed, split_id, class_id, index])
-                jpeg = io.BytesIO()  # Pillow's encoder writes to a file descriptor and ignores a short write
-                render(rng, species, params.image_size).save(jpeg, "JPEG", **_JPEG)
-                (folder / f"{index:04d}.jpg").write_bytes(jpeg.getvalue())  # a full disk raises here
+            (dest / split / species.name).mkdir(parents=True)
+            jobs += [(dest, seed, split_id, split, class_id, index, params.image_size) for index in range(counts[split])]
+    if processes > 1:
+        with pool_context().Pool(processes) as pool:
+            pool.map(_draw, jobs, chunksize=16)
+    else:
+        for job in jobs:
+            _draw(job)
     logger.info("synthetic: wrote %d images of %d classes at %d px to %s (per class: train %d, valid %d, test %d)",
                 params.classes * sum(counts.values()), params.classes, params.image_size, dest,
                 counts["train"], counts["valid"], counts["test"])

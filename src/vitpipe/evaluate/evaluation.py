@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,11 @@ from vitpipe.errors import VitpipeError
 from vitpipe.evaluate.inference import Predictor, load_predictor
 from vitpipe.fileio import write_csv, write_json
 from vitpipe.finite import first_non_finite_row
+from vitpipe.model.devicetransform import collate_host, split_for
 from vitpipe.model.features import (
     Extractor,
     FeatureCache,
+    loader_workers,
 )
 from vitpipe.model.transforms import build_eval_transform
 from vitpipe.params import Params
@@ -60,17 +63,25 @@ def _probabilities(params: Params, index: DatasetIndex, predictor: Predictor, ca
     samples = index.samples("test")
     card, device = predictor.card, predictor.device
     eval_tf = build_eval_transform(card.eval_transform)
+    workers = params.train.loader_workers
     if card.feature_dtype and not predictor.tta:
         backbone = predictor.model.backbone
-        extractor = Extractor.for_backbone(backbone, device, card.precision, num_workers=params.train.num_workers,
+        extractor = Extractor.for_backbone(backbone, device, card.precision, num_workers=workers,
                                            runtime=card.feature_runtime)
         feats = cache.features(extractor, index.root, samples, transform=eval_tf, view_seed=None,
                                desc="test view 0")
         with torch.inference_mode():
             return predictor.head_logits(feats.to(device)).softmax(-1).cpu()
-    loader = DataLoader(ImageDataset(index.root, samples, eval_tf), batch_size=params.evaluate.batch_size,
-                        shuffle=False, num_workers=params.train.num_workers, pin_memory=device.type == "cuda")
-    return torch.cat([predictor.probabilities(x).cpu() for x, _ in track(loader, desc="test", total=len(samples), count=batch_images)])
+    split = split_for(eval_tf, device)  # on a GPU: uint8 from the workers, normalised there
+    batch_size = params.evaluate.batch_size
+    loader = DataLoader(ImageDataset(index.root, samples, split.host if split else eval_tf), batch_size=batch_size,
+                        shuffle=False, num_workers=loader_workers(workers, len(samples), batch_size),
+                        pin_memory=device.type == "cuda", collate_fn=collate_host if split else None)
+    probs = []
+    for batch in track(loader, desc="test", total=len(samples), count=batch_images):
+        images = batch[0].to(device, non_blocking=True)
+        probs.append(predictor.probabilities(split.tail(images) if split else images))
+    return torch.cat(probs).cpu()  # one copy back at the end: no wait on the device per batch
 
 
 def score(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> tuple[dict[str, Any], list[dict]]:
@@ -110,9 +121,11 @@ def score(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> tu
 
 
 def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, outputs: EvalOutputs, *,
-                   cache: FeatureCache | None = None) -> dict[str, Any]:
+                   cache: FeatureCache | None = None, started: float | None = None) -> dict[str, Any]:
     """Scores every test image with the saved model; writes test.json, per_class.csv, predictions.csv
-    and per_class.json. Returns all of it as one dict, with ``tta``."""
+    and per_class.json. Returns all of it as one dict, with ``tta``. ``started``: when the stage's process
+    started (perf_counter), for the start-up line."""
+    started = time.perf_counter() if started is None else started
     predictor = load_predictor(model_path, device=params.train.device, tta=params.evaluate.tta)
     card = predictor.card
     if tuple(card.classes) != tuple(index.classes):
@@ -121,6 +134,8 @@ def run_evaluation(params: Params, index: DatasetIndex, model_path: Path, output
     samples = index.samples("test")
     if not samples:
         raise VitpipeError("the test split has no images; nothing to evaluate. Check data.source.")
+    logger.info("start-up: %.1f s before the first image (imports, %s, the model loaded)",
+                time.perf_counter() - started, predictor.device)
     probs = _probabilities(params, index, predictor, cache or FeatureCache()).double().numpy()
     if probs.shape[0] != len(samples):
         raise VitpipeError(f"scored {probs.shape[0]} test images but the index lists {len(samples)}.")

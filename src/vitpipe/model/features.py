@@ -37,6 +37,7 @@ from vitpipe.cachedir import cache_subdir
 from vitpipe.data.index import Sample
 from vitpipe.data.torchdata import ImageDataset
 from vitpipe.errors import VitpipeError
+from vitpipe.model.devicetransform import collate_host, split_for
 from vitpipe.model.featurestore import FeatureStore
 from vitpipe.model.onnx_backbone import OnnxBackbone
 from vitpipe.progress import batch_images, track
@@ -49,13 +50,20 @@ STORAGE_DTYPE = torch.bfloat16  # features are stored (and fed to the head) roun
 # backbone creation and weight loading, the extraction itself, autocast and seeding): their source
 # is hashed into every cache key (see feature_environment).
 FEATURE_MODULES = ("vitpipe.data.images", "vitpipe.data.torchdata", "vitpipe.model.transforms",
-                   "vitpipe.model.weights", "vitpipe.model.features", "vitpipe.runtime")
+                   "vitpipe.model.devicetransform", "vitpipe.model.weights", "vitpipe.model.features",
+                   "vitpipe.runtime")
 
 
 def extraction_batch_size(device: torch.device) -> int:
     """Images per backbone pass: small batches stay in a CPU's caches (measured: 32 beats 64-128
     by 10-20% for DeiT-tiny on 2 cores); a GPU wants large ones."""
     return 256 if device.type == "cuda" else 32
+
+
+def loader_workers(workers: int, images: int, batch_size: int) -> int:
+    """DataLoader workers for ``images`` in batches of ``batch_size``: at most one per batch (a worker
+    loads whole batches, so more would start for nothing)."""
+    return min(workers, -(-images // batch_size))
 
 
 def default_cache_dir() -> Path:
@@ -172,14 +180,25 @@ class Extractor:
 
     def batches(self, root: Path, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor],
                 *, seed: int | None, desc: str) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(start, features)`` per batch, in order: (B, D) in :data:`STORAGE_DTYPE`, on the CPU."""
-        dataset = ImageDataset(root, samples, transform, seed=seed)
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        """``(start, features)`` per batch, in order: (B, D) in :data:`STORAGE_DTYPE`, on the CPU.
+
+        On a GPU the loader's workers decode and crop each image to uint8 and the batch is scaled and
+        normalised there (:mod:`vitpipe.model.devicetransform`: a quarter of the bytes pinned and moved); on
+        the CPU the workers run the whole transform, as they always did.
+        """
+        split = split_for(transform, self.device)
+        dataset = ImageDataset(root, samples, split.host if split else transform, seed=seed)
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                            num_workers=loader_workers(self.num_workers, len(samples), self.batch_size),
+                            pin_memory=self.device.type == "cuda", persistent_workers=False,
+                            collate_fn=collate_host if split else None)
         self.backbone.eval()
         start = 0
         with torch.inference_mode():
-            for images, _ in track(loader, desc=desc, total=len(dataset), count=batch_images):
+            for batch in track(loader, desc=desc, total=len(dataset), count=batch_images):
+                images = batch[0].to(self.device, non_blocking=True)
+                if split is not None:
+                    images = split.tail(images, batch[2])  # (B, 3, H, W) uint8 -> normalised float
                 yield start, self._forward(images)
                 start += images.shape[0]
 

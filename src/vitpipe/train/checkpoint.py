@@ -66,7 +66,7 @@ def _rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # a run that never touched CUDA drew nothing from it: no context on each GPU
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

@@ -12,11 +12,15 @@ crop of the full image, which a centre-cropped store cannot provide.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +37,8 @@ from vitpipe.model.transforms import INTERPOLATION, EvalSpec
 from vitpipe.progress import batch_images, track
 
 logger = logging.getLogger(__name__)
+Item = TypeVar("Item")
+Out = TypeVar("Out")
 
 
 class _Crops(Dataset):
@@ -116,17 +122,51 @@ class DecodedImages:
 
     def batches(self, order: torch.Tensor, batch_size: int, *, drop_last: bool,
                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(B, S, S, 3) uint8 images and (B,) labels in ``order``, copied to ``device`` without blocking."""
+        """(B, S, S, 3) uint8 images and (B,) labels in ``order``, on ``device``.
+
+        A thread gathers the next batches (each in file order, straight into pinned memory on CUDA) and
+        starts their copies to the device without blocking, :data:`PREFETCH` batches ahead of the step
+        that uses them. It draws no random number, so what the steps draw stays in order.
+        """
+        starts = [s for s in range(0, len(order), batch_size) if not drop_last or len(order) - s >= batch_size]
+        on_gpu = None
+        if device.type == "cuda":  # the thread's own current device: pinning must not open a context on GPU 0
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            on_gpu = functools.partial(torch.cuda.set_device, index)
+        return prefetched((lambda start: self._batch(order[start:start + batch_size], device)), starts,
+                          initializer=on_gpu)
+
+    def _batch(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.sort(idx).values  # memmap reads in file order
         pin = device.type == "cuda"
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            if drop_last and len(idx) < batch_size:
-                return
-            images = torch.from_numpy(self.array[np.sort(idx.numpy())])  # memmap reads in file order
-            labels = self.labels[torch.sort(idx).values]
-            if pin:
-                images = images.pin_memory()
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images = torch.empty((len(rows), *self.array.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        np.take(self.array, rows.numpy(), axis=0, out=images.numpy(), mode="clip")  # (B, S, S, 3); rows are valid
+        labels = self.labels[rows].pin_memory() if pin else self.labels[rows]
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+PREFETCH = 2  # batches gathered ahead of the step
+
+
+def prefetched(load: Callable[[Item], Out], items: Sequence[Item], *, ahead: int = PREFETCH,
+               initializer: Callable[[], object] | None = None) -> Iterator[Out]:
+    """``load(item)`` for each item, in order, computed by one thread (set up by ``initializer``) ``ahead``
+    items ahead of the caller.
+
+    Closing the iterator early waits for the loads already started, then stops.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitpipe-prefetch", initializer=initializer) as pool:
+        pending = deque(pool.submit(load, item) for item in items[:ahead])
+        following = iter(items[ahead:])
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(following, _END)
+            if nxt is not _END:
+                pending.append(pool.submit(load, nxt))
+            yield result
+
+
+_END = object()
 
 
 class DeviceAugment(nn.Module):

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.utils.class_weight import compute_class_weight
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import (
@@ -29,6 +28,8 @@ def class_weights(params: TrainParams, labels: torch.Tensor, num_classes: int) -
     from the train labels; None for ``none``."""
     if params.class_weights == "none":
         return None
+    from sklearn.utils.class_weight import compute_class_weight  # 1 s to import: only when asked for
+
     weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels.numpy())
     return torch.tensor(weights, dtype=torch.float32)
 

@@ -102,7 +102,7 @@ def _labels(index: DatasetIndex, split: str) -> torch.Tensor:
 def _feature_engine(model: Classifier, index: DatasetIndex, params: Params, *, device: torch.device,
                     cache: FeatureCache, train_tf: Any, eval_tf: Any, losses: tuple) -> FeatureEngine:
     t = params.train
-    extractor = Extractor.for_backbone(model.backbone.to(device), device, t.precision, num_workers=t.num_workers,
+    extractor = Extractor.for_backbone(model.backbone.to(device), device, t.precision, num_workers=t.loader_workers,
                                        channels_last=t.channels_last and device.type == "cuda",
                                        runtime=t.feature_runtime)
     train_samples = index.samples("train")
@@ -123,11 +123,11 @@ def _image_batches(index: DatasetIndex, t, *, device: torch.device, spec, train_
     if not uses_decoded_images(t, device):
         return LoaderBatches(ImageDataset(index.root, index.samples("train"), train_tf),
                              ImageDataset(index.root, index.samples("valid"), eval_tf),
-                             device=device, num_workers=t.num_workers)
+                             device=device, num_workers=t.loader_workers)
     root = cache_subdir("decoded")
     try:
         stores = [DecodedImages.build_or_open(root, index.root, index.samples(split), spec,
-                                              num_workers=t.num_workers) for split in ("train", "valid")]
+                                              num_workers=t.loader_workers) for split in ("train", "valid")]
     except VitpipeError as exc:
         raise VitpipeError(f"{exc} Or set train.image_source: loader (no decoded store).") from None
     return DecodedBatches(*stores, train_augment=DeviceAugment(spec, train=True, device=device),
@@ -168,6 +168,8 @@ def run_training(params: Params, index: DatasetIndex, outputs: TrainOutputs, *,
     weight = class_weights(t, _labels(index, "train"), len(index.classes))
     dtype = compute_dtype(t.precision)
     losses = (build_loss(t, mixup=mixup is not None, weight=weight).to(device, dtype), build_loss(t, mixup=False))
+    logger.info("start-up: %.1f s before the first image (imports, %s, %s built)", time.perf_counter() - started,
+                device_name(device), params.model.name)
     engine: Engine
     if t.uses_feature_cache:
         engine = _feature_engine(model, index, params, device=device, cache=cache or FeatureCache(),
