@@ -22,7 +22,7 @@ from vitpipe.data.index import DatasetIndex
 from vitpipe.model.classifier import build_model, set_backbone_trainable
 from vitpipe.model.transforms import eval_spec
 from vitpipe.params import Params
-from vitpipe.runtime import autocast, configure, resolve_device, seed_everything
+from vitpipe.runtime import EXACT, autocast, configure, resolve_device, seed_everything
 from vitpipe.train.batches import DecodedBatches
 from vitpipe.train.decoded import DecodedImages, DeviceAugment
 from vitpipe.train.engines import ImageEngine
@@ -47,9 +47,11 @@ class FineTuneRate:
 
 
 def fine_tune_params(params: Params) -> Params:
-    """``params`` as a full fine-tune on decoded images: freeze none, AdamW (the issue's recipe)."""
+    """``params`` as a full fine-tune on decoded images: freeze none, AdamW (the issue's recipe); bf16 where
+    the params say ``exact`` (the fine-tune refuses it: float64 would not give the same bytes there)."""
+    precision = "bf16" if params.train.precision == EXACT else params.train.precision
     train = dataclasses.replace(params.train, freeze="none", unfreeze_epoch=None, optimizer="adamw",
-                                cache_views=1, image_source="decoded", feature_runtime="torch")
+                                cache_views=1, image_source="decoded", feature_runtime="torch", precision=precision)
     return dataclasses.replace(params, train=train)
 
 
