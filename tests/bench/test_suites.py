@@ -18,7 +18,7 @@ def test_the_data_path_rows_time_both_paths_with_each_worker_count(tmp_path, tin
     rows = measure_data_path(tiny_index, tiny_params(), workers=(0, 1))
     assert [(r.workers, r.path.split(",")[0].split(" ")[0]) for r in rows] == [
         (0, "uint8"), (0, "float32"), (1, "uint8"), (1, "float32")]
-    assert all(r.images == len(tiny_index.samples("train")) and r.rate > 0 and r.cpu > 0 for r in rows)
+    assert all(r.images == len(tiny_index.samples("train")) and r.rate > 0 and r.cpu >= 0 for r in rows)  # os.times ticks 10 ms: a tiny set may read 0
     assert rows[0].bytes_per_image * 4 == rows[1].bytes_per_image == 4 * 3 * 32 * 32
 
 
