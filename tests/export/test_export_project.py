@@ -45,6 +45,8 @@ def reproduced(tmp_path) -> tuple[Path, dict[str, str]]:
 
 
 def _no_word_of_export(text: str) -> None:
+    # vitpipe's own warning that the tiny model is randomly initialised is expected; no other warning is
+    text = "\n".join(line for line in text.splitlines() if "is randomly initialised" not in line)
     assert "models/onnx" not in text and "export" not in text.lower() and "WARNING" not in text, text
 
 
