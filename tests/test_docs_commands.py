@@ -55,8 +55,12 @@ NOT_AGAIN = {"make test": "this suite", "source .venv/bin/activate": "PATH holds
 HEADLINE = ("accuracy", "correct", "n_images", "best_val_accuracy")  # what the exp show line keeps
 # Output captured, as in CI or `dvc queue logs`: each long pass logs its progress. VITPIPE_PROGRESS_SECONDS=0
 # (a line per batch) stands for a pass longer than the 20 s interval, without waiting for one.
-PROGRESS = {"dvc exp run -S data.source=": ("scanning raw", "train view 0", "valid view 0", "test view 0"),
-            "dvc exp run --temp -S train.freeze=none": ("epoch 0", "epoch 9", "test")}
+# Keyed by a pattern of the command (placeholders filled in): the own-images run scans the new photos; the
+# pretrained run on the same photos finds them checked (download and split-check cached), then its passes.
+PROGRESS = {r"^dvc exp run -S data\.source=\S+ -S data\.watch=\S+$": ("scanning raw", "train view 0", "valid view 0",
+                                                                     "test view 0"),
+            r"^dvc exp run -S data\.source=.* -S model\.weights=package:": ("train view 0", "valid view 0", "test view 0"),
+            r"^dvc exp run --temp -S train\.freeze=none": ("epoch 0", "epoch 9", "test")}
 DROPPED_PARAMS = {"data.watch": "always data.source's path (the download stage refuses any other)"}
 
 
@@ -203,9 +207,9 @@ class Flow:
                 started = time.monotonic()
                 done = _sh(cmd, self.work, self.env)
                 ran.append(f"{time.monotonic() - started:6.1f} s  {cmd}")
-                for start, passes in PROGRESS.items():
-                    if cmd.startswith(start):
-                        self.progress_seen.add(start)
+                for pattern, passes in PROGRESS.items():
+                    if re.search(pattern, cmd):
+                        self.progress_seen.add(pattern)
                         _assert_progress(done.stdout + done.stderr, passes, cmd)
                 if re.search(r"\bdvc queue start\b", cmd):
                     self._wait_for_the_queue()
