@@ -2,8 +2,9 @@
 through `dvc exp run`, and the test accuracy is one a correct pipeline reaches.
 
 The truth is each test image's folder, read from predictions.csv's paths, not vitpipe's labels: a
-class map that is shuffled, built per split, or a test pass that drops its last batch scores far
-below the bar (tried by hand; see the commit that added this file). butterflies-10's splits hold
+class map that is shuffled or built per split labels the test images with other folders' classes,
+and a pass that drops its last partial batch stops a stage or scores fewer images (each tried by
+hand: docs/pretrained.md, "The test that fails when labels break"). butterflies-10's splits hold
 the same ten classes, so per-split class maps would agree there: the second run drops ADONIS from
 the test split, where they would not. It reuses the first run's cached features (one backbone pass
 per image in all), so it costs the pipeline's overhead only. A third run on that copy sets
