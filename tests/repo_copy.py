@@ -19,9 +19,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+def run(args: list[str], cwd: Path, env: dict[str, str], *, timeout: float = 900) -> str:
     """Runs ``args`` in ``cwd``; fails the test with its output unless it exits 0. Returns stdout + stderr."""
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 
