@@ -15,6 +15,7 @@ from vitpipe.data.torchdata import ImageDataset
 from vitpipe.download.synthetic import generate
 from vitpipe.model import features
 from vitpipe.model.classifier import build_model
+from vitpipe.errors import VitpipeError
 from vitpipe.model.features import (
     FEATURE_MODULES,
     STORAGE_DTYPE,
@@ -240,3 +241,22 @@ def test_cache_command_reports_and_clears(tmp_path, monkeypatch, capsys, tiny_in
     assert "3 files" in capsys.readouterr().out  # the store, its key's lock and CACHEDIR.TAG
     assert main(["cache", "--clear"]) == 0
     assert not cache_dir.exists()
+
+
+class DroppingExtractor(Extractor):
+    """A feature pass whose loader drops its last partial batch (DataLoader's drop_last=True)."""
+
+    def batches(self, root, samples, transform, *, seed, desc):
+        for start, feats in super().batches(root, samples, transform, seed=seed, desc=desc):
+            if start + len(feats) < len(samples) or len(feats) == self.batch_size:
+                yield start, feats
+
+
+def test_a_feature_pass_that_drops_images_is_one_line_not_a_key_error(tmp_path, tiny_index, backbone_and_transforms):
+    """Planted by hand for issue 20 (a dropped last batch): the train stage ended in a KeyError on an image's hash."""
+    backbone, eval_tf, _ = backbone_and_transforms
+    extractor = DroppingExtractor(backbone, weights_digest(backbone), DEVICE, "bf16", batch_size=7, num_workers=0)
+    n = len(tiny_index.samples("train"))
+    assert n % 7, "the tiny set must leave a partial last batch"
+    with pytest.raises(VitpipeError, match=rf"view 0: the feature pass returned {n - n % 7} features for {n} images"):
+        _features(FeatureCache(tmp_path), extractor, tiny_index, eval_tf)

@@ -265,11 +265,16 @@ class FeatureCache:
                  parts: dict[str, Any], found: dict[str, bytes]) -> None:
         """Computes the features of ``todo`` into ``found`` and the store, one transaction per batch."""
         batches = extractor.batches(root, todo, transform, seed=view_seed, desc=desc) if todo else ()
+        computed = 0
         with self.store.writer(key, parts=parts) as write:
             for start, feats in batches:  # no loader (and no worker processes) when nothing is missing
                 done = [(s.sha256, _to_bytes(f)) for s, f in zip(todo[start:start + len(feats)], feats)]
                 write(done)  # an interrupted pass keeps what it computed
                 found.update(done)
+                computed += len(feats)
+        if computed != len(todo):  # a loader that dropped or repeated images: never train on a shifted split
+            raise VitpipeError(f"{desc}: the feature pass returned {computed} features for {len(todo)} images; "
+                               f"nothing trained on them. This is a bug in vitpipe's loader: please report it.")
 
 
 def _to_bytes(feature: torch.Tensor) -> bytes:
