@@ -79,9 +79,9 @@ def test_every_printed_set_param_line_and_the_readmes_work_through_dvc_exp_run(t
     assert data_params()["class_aliases"] == {"QUESTION MARK": "POLYGONIA"}
 
     # the README's line that removes every alias (`-S '~data.class_aliases'` alone: "are missing")
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "data.md").read_text(encoding="utf-8")  # moved from the README (issue 21)
     removal = re.search(r"`(-S '~data\.class_aliases'[^`]*)` removes them all", readme)
-    assert removal, "README: the line that removes every alias"
+    assert removal, "docs/data.md: the line that removes every alias"
     removed = _exp_run(work, env, f"dvc exp run {removal.group(1)}")
     assert data_params()["class_aliases"] == {} and "are missing" not in removed.stderr
     assert removed.returncode != 0 and "class not in train/" in removed.stderr  # the dataset needs it: refused
