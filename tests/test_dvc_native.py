@@ -171,7 +171,7 @@ def test_a_queued_grid_runs_on_two_workers_that_inherit_the_feature_cache_dir(ti
 # What DVC reads as metrics: headline numbers only, whatever the number of classes (per class is in
 # metrics/per_class.csv and .json, DVC plots).
 HEADLINE = {"classes", "warnings", "cross_split_duplicates", "cross_split_near_duplicates", "skipped_images",
-            "best_val_accuracy", "best_epoch", "epochs_run", "stopped_early", "train_images", "val_images", "weights",
+            "best_val_accuracy", "best_epoch", "epochs_run", "stopped_early", "train_images", "val_images", "weights", "host",
             "accuracy", "correct", "n_images", "loss", "top5_accuracy", "macro_f1"}
 SWEEP = ("5e-4", "2e-3")  # with params.yaml's 1e-3: a 3-point sweep of train.lr
 
