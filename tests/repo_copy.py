@@ -32,10 +32,11 @@ def stages_run(output: str) -> list[str]:
 
 
 def copy_repo(tmp_path: Path, *, edit_params: Callable[[dict], None] | None = None,
-              env: dict[str, str] | None = None) -> tuple[Path, dict[str, str]]:
+              env: dict[str, str] | None = None, pin_cpu: bool = True) -> tuple[Path, dict[str, str]]:
     """The project's files (tracked and new, not ignored) in a fresh git repo at ``tmp_path/repo``,
     without any outputs, committed; ``train.device: cpu`` in its params.yaml (the bytes of a CPU run, on any
-    host), which ``edit_params`` may change further.
+    host) unless ``pin_cpu`` is false (params.yaml as committed: hide the GPU with ``CUDA_VISIBLE_DEVICES``),
+    which ``edit_params`` may change further.
 
     Returns the folder and the environment to run DVC in: the venv's ``dvc`` first on PATH, the
     feature cache in ``tmp_path/feature-cache`` (``env`` adds or replaces variables).
@@ -49,9 +50,11 @@ def copy_repo(tmp_path: Path, *, edit_params: Callable[[dict], None] | None = No
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, work / name)
     # deterministic bytes, also on a CUDA host (where auto is the GPU); the file's comments kept
-    text, pinned = re.subn(r"(?m)^(  device: *)auto\b", r"\1cpu ", (work / "params.yaml").read_text(), count=1)
-    assert pinned == 1, "params.yaml has no `  device: auto` line to pin"
-    (work / "params.yaml").write_text(text)
+    text = (work / "params.yaml").read_text()
+    if pin_cpu:
+        text, pinned = re.subn(r"(?m)^(  device: *)auto\b", r"\1cpu ", text, count=1)
+        assert pinned == 1, "params.yaml has no `  device: auto` line to pin"
+        (work / "params.yaml").write_text(text)
     if edit_params is not None:
         params = yaml.safe_load(text)
         edit_params(params)
