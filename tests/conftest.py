@@ -69,6 +69,15 @@ def butterflies() -> Path:
     return BUTTERFLIES
 
 
+def tiny_vit_spec():
+    """The eval transform of a 32 px ``test_vit`` (what the decoded-image tests augment and compare)."""
+    from vitpipe.model.classifier import build_model
+    from vitpipe.model.transforms import eval_spec
+
+    _, info = build_model(ModelParams(name="test_vit", img_size=32), 3, seed=0)
+    return eval_spec("seed", info)
+
+
 def tiny_params(**train: object) -> Params:
     """timm's ``test_vit`` at 32 px with a small head: a training run takes about a second. On the CPU
     (``train.device: cpu``), where runs are deterministic, also on a CUDA host."""

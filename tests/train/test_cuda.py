@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import REPO, tiny_params, train_outputs
+from conftest import tiny_vit_spec, REPO, tiny_params, train_outputs
 
 from vitpipe.data.torchdata import ImageDataset
 from vitpipe.evaluate.evaluation import EvalOutputs, run_evaluation
@@ -34,13 +34,8 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 SYNC = "called a synchronizing CUDA operation"
 
 
-def _spec():
-    _, info = build_model(ModelParams(name="test_vit", img_size=32), 3, seed=0)
-    return eval_spec("seed", info)
-
-
 def test_decoded_batches_on_cuda_are_the_cpu_bytes_and_eval_augment_the_cpu_floats(tmp_path, tiny_index):
-    spec = _spec()
+    spec = tiny_vit_spec()
     samples = tiny_index.samples("train")
     store = DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=2)
     order = torch.randperm(len(samples))
@@ -52,7 +47,7 @@ def test_decoded_batches_on_cuda_are_the_cpu_bytes_and_eval_augment_the_cpu_floa
 
 
 def test_device_augmentation_on_cuda_is_seeded(tmp_path, tiny_index):
-    spec = _spec()
+    spec = tiny_vit_spec()
     store = DecodedImages.build_or_open(tmp_path, tiny_index.root, tiny_index.samples("train"), spec, num_workers=0)
     images, _ = next(store.batches(torch.arange(len(store)), 64, drop_last=False, device=CUDA))
     runs = []

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import torch
-from conftest import live_files, tiny_params, train_outputs
+from conftest import tiny_vit_spec, live_files, tiny_params, train_outputs
 
 from vitpipe.data.torchdata import ImageDataset
-from vitpipe.model.classifier import build_model
-from vitpipe.model.transforms import build_eval_transform, eval_spec
-from vitpipe.params import ModelParams
+from vitpipe.model.transforms import build_eval_transform
 from vitpipe.train.decoded import DecodedImages, DeviceAugment
 from vitpipe.train.training import run_training
 
 CPU = torch.device("cpu")
 
 
-def _spec():
-    _, info = build_model(ModelParams(name="test_vit", img_size=32), 3, seed=0)
-    return eval_spec("seed", info)
-
-
 def test_decoded_eval_batches_equal_the_eval_transform(tmp_path, tiny_index):
-    spec = _spec()
+    spec = tiny_vit_spec()
     samples = tiny_index.samples("valid")
     store = DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=0)
     images, labels = next(store.batches(torch.arange(len(samples)), 64, drop_last=False, device=CPU))
@@ -36,7 +29,7 @@ def test_decoded_eval_batches_equal_the_eval_transform(tmp_path, tiny_index):
 
 
 def test_device_augmentation_flips_and_erases_per_image(tmp_path, tiny_index):
-    spec = _spec()
+    spec = tiny_vit_spec()
     samples = tiny_index.samples("train")
     store = DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=0)
     images, _ = next(store.batches(torch.arange(len(samples)), 64, drop_last=False, device=CPU))
@@ -62,7 +55,7 @@ def test_full_fine_tune_on_decoded_images_is_deterministic(tmp_path, tiny_index)
 
 
 def test_a_damaged_store_is_decoded_again(tmp_path, tiny_index, caplog):
-    spec = _spec()
+    spec = tiny_vit_spec()
     samples = tiny_index.samples("valid")
     DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=0)
     path = next(tmp_path.glob("*.npy"))
@@ -75,7 +68,7 @@ def test_a_damaged_store_is_decoded_again(tmp_path, tiny_index, caplog):
 
 
 def test_prefetched_batches_are_the_gathered_rows_in_order_whatever_the_batch_size(tmp_path, tiny_index):
-    spec = _spec()
+    spec = tiny_vit_spec()
     samples = tiny_index.samples("train")
     store = DecodedImages.build_or_open(tmp_path, tiny_index.root, samples, spec, num_workers=0)
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(3))
