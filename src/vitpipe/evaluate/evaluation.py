@@ -17,11 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import (
-    f1_score,
-    precision_recall_fscore_support,
-    top_k_accuracy_score,
-)
 from torch.utils.data import DataLoader
 
 from vitpipe.data.index import DatasetIndex
@@ -91,6 +86,10 @@ def score(probs: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> tu
     JSON, empty in CSV), it is left out of ``macro_f1`` and listed in ``absent_classes``. Accuracy,
     top-5 and the loss are over every test image.
     """
+    # Imported here, after the pass: sklearn.metrics costs 0.8 s of imports (2-core Xeon, idle), a
+    # quarter of the stage's start-up before its first image.
+    from sklearn.metrics import f1_score, precision_recall_fscore_support, top_k_accuracy_score
+
     n, n_classes = probs.shape
     pred = probs.argmax(1)
     ids = np.arange(n_classes)
