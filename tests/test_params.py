@@ -74,6 +74,8 @@ def test_scientific_notation_from_dvc_exp_run_is_a_float():
         ("train:\n  num_workers: true\n", "train.num_workers"),
         ("train:\n  num_workers: ''\n", "train.num_workers"),
         ("train:\n  num_workers: [2]\n", "train.num_workers"),
+        ("train:\n  num_workers: 100000\n", "train.num_workers"),  # each worker a process: a typo, not a plan
+        ("data:\n  workers: 100000\n", "data.workers"),
         ("train:\n  lrr: 0.1\n", "train.lrr"),
         ("model:\n  dropout: 1.5\n", "model.dropout"),
         ("model:\n  head_hidden: -1\n", "model.head_hidden"),

@@ -203,6 +203,15 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _worker_count(text: str) -> int:
+    from vitpipe.params import MAX_PROCESSES
+
+    value = _non_negative_int(text)
+    if value > MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_PROCESSES} (each worker is a process), got {value}")
+    return value
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from vitpipe.errors import VitpipeError
     from vitpipe.export.export import export_model
@@ -302,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="model.weights, e.g. package:efficientnet-lite0 with --model "
                    "tf_efficientnet_lite0 (default: params.yaml's)")
     p.add_argument("--skip-loop", action="store_true", help="run vitpipe's side only")
-    p.add_argument("--loop-workers", type=_non_negative_int, default=4,
+    p.add_argument("--loop-workers", type=_worker_count, default=4,
                    help="DataLoader workers of the tutorial loop (default: the tutorial's 4)")
     p.add_argument("--views", type=_int_list, default=(),
                    help="comma-separated train.cache_views values, one vitpipe run each (default: params.yaml's)")
