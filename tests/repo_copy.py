@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +20,21 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def captured(args: list[str], cwd: Path, env: dict[str, str], *, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(args)`` with its stdout and stderr captured in files, not pipes: `dvc queue start`
+    daemonizes its workers through a process that inherits the command's stdout and stderr and waits for its
+    worker, so a pipe would not reach EOF until the worker exits (seen: a test hung 15 min on it)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(args, cwd=cwd, env=env, stdout=out, stderr=err, timeout=timeout)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(args, proc.returncode, out.read().decode(errors="replace"),
+                                           err.read().decode(errors="replace"))
+
+
 def run(args: list[str], cwd: Path, env: dict[str, str], *, timeout: float = 900) -> str:
     """Runs ``args`` in ``cwd``; fails the test with its output unless it exits 0. Returns stdout + stderr."""
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = captured(args, cwd, env, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from repo_copy import copy_repo
+from repo_copy import captured, copy_repo
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,7 @@ def blocks(page: str) -> list[Block]:
 
 
 def _sh(cmd: str, work: Path, env: dict[str, str], *, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["bash", "-c", cmd], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    done = captured(["bash", "-c", cmd], work, env)  # files, not pipes: `dvc queue start`'s daemon keeps them
     if ok:
         assert done.returncode == 0, (f"`{cmd}` failed ({done.returncode}):\n"
                                       f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")

@@ -18,7 +18,7 @@ import yaml
 from conftest import REPO
 from dvc.repo import Repo
 from PIL import Image
-from repo_copy import copy_repo, run_queue
+from repo_copy import captured, copy_repo, run_queue
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -33,7 +33,7 @@ def test_the_model_is_a_dvc_artifact_of_type_model():
 
 
 def _run(work: Path, env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(list(args), cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    done = captured(list(args), work, env)
     if ok:
         assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
     return done
