@@ -17,23 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from vitpipe.data.index import DatasetIndex
-from vitpipe.data.torchdata import ImageDataset
 from vitpipe.errors import VitpipeError
 from vitpipe.evaluate.inference import Predictor, load_predictor
 from vitpipe.fileio import write_csv, write_json
 from vitpipe.finite import first_non_finite_row
-from vitpipe.model.devicetransform import collate_host, split_for
-from vitpipe.model.features import (
-    Extractor,
-    FeatureCache,
-    loader_workers,
-)
+from vitpipe.model.features import Extractor, FeatureCache, device_images
 from vitpipe.model.transforms import build_eval_transform
 from vitpipe.params import Params
-from vitpipe.progress import batch_images, track
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +59,9 @@ def _probabilities(params: Params, index: DatasetIndex, predictor: Predictor, ca
                                desc="test view 0")
         with torch.inference_mode():
             return predictor.head_logits(feats.to(device)).softmax(-1).cpu()
-    split = split_for(eval_tf, device)  # on a GPU: uint8 from the workers, normalised there
-    batch_size = params.evaluate.batch_size
-    loader = DataLoader(ImageDataset(index.root, samples, split.host if split else eval_tf), batch_size=batch_size,
-                        shuffle=False, num_workers=loader_workers(workers, len(samples), batch_size),
-                        pin_memory=device.type == "cuda", collate_fn=collate_host if split else None)
-    probs = []
-    for batch in track(loader, desc="test", total=len(samples), count=batch_images):
-        images = batch[0].to(device, non_blocking=True)
-        probs.append(predictor.probabilities(split.tail(images) if split else images))
+    probs = [predictor.probabilities(images)
+             for images in device_images(index.root, samples, eval_tf, device, batch_size=params.evaluate.batch_size,
+                                         num_workers=workers, desc="test")]
     return torch.cat(probs).cpu()  # one copy back at the end: no wait on the device per batch
 
 

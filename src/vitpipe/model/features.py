@@ -66,6 +66,25 @@ def loader_workers(workers: int, images: int, batch_size: int) -> int:
     return min(workers, -(-images // batch_size))
 
 
+def device_images(root: Path, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor],
+                  device: torch.device, *, batch_size: int, num_workers: int, seed: int | None = None,
+                  desc: str) -> Iterator[torch.Tensor]:
+    """``samples`` under ``transform``, in order, a batch at a time on ``device`` (B, 3, H, W), with progress.
+
+    On a GPU the loader's workers decode and crop each image to uint8 and the batch is scaled and
+    normalised there (:mod:`vitpipe.model.devicetransform`: a quarter of the bytes pinned and moved); on
+    the CPU the workers run the whole transform. The feature pass and evaluate's image pass both read this way.
+    """
+    split = split_for(transform, device)
+    dataset = ImageDataset(root, samples, split.host if split else transform, seed=seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        num_workers=loader_workers(num_workers, len(samples), batch_size),
+                        pin_memory=device.type == "cuda", collate_fn=collate_host if split else None)
+    for batch in track(loader, desc=desc, total=len(dataset), count=batch_images):
+        images = batch[0].to(device, non_blocking=True)
+        yield split.tail(images, batch[2]) if split is not None else images  # uint8 -> normalised float
+
+
 def default_cache_dir() -> Path:
     """``features/`` in vitpipe's cache folder (:func:`vitpipe.cachedir.cache_root`)."""
     return cache_subdir("features")
@@ -180,25 +199,13 @@ class Extractor:
 
     def batches(self, root: Path, samples: Sequence[Sample], transform: Callable[[Any], torch.Tensor],
                 *, seed: int | None, desc: str) -> Iterator[tuple[int, torch.Tensor]]:
-        """``(start, features)`` per batch, in order: (B, D) in :data:`STORAGE_DTYPE`, on the CPU.
-
-        On a GPU the loader's workers decode and crop each image to uint8 and the batch is scaled and
-        normalised there (:mod:`vitpipe.model.devicetransform`: a quarter of the bytes pinned and moved); on
-        the CPU the workers run the whole transform, as they always did.
-        """
-        split = split_for(transform, self.device)
-        dataset = ImageDataset(root, samples, split.host if split else transform, seed=seed)
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                            num_workers=loader_workers(self.num_workers, len(samples), self.batch_size),
-                            pin_memory=self.device.type == "cuda", persistent_workers=False,
-                            collate_fn=collate_host if split else None)
+        """``(start, features)`` per batch, in order: (B, D) in :data:`STORAGE_DTYPE`, on the CPU; the
+        images read by :func:`device_images`."""
         self.backbone.eval()
         start = 0
         with torch.inference_mode():
-            for batch in track(loader, desc=desc, total=len(dataset), count=batch_images):
-                images = batch[0].to(self.device, non_blocking=True)
-                if split is not None:
-                    images = split.tail(images, batch[2])  # (B, 3, H, W) uint8 -> normalised float
+            for images in device_images(root, samples, transform, self.device, batch_size=self.batch_size,
+                                        num_workers=self.num_workers, seed=seed, desc=desc):
                 yield start, self._forward(images)
                 start += images.shape[0]
 
